@@ -1,0 +1,551 @@
+"""Thin plumbing shared by every cleanil script.
+
+Environments and aliases, seeding, shipped experts, demonstrations (generate, cache, load,
+validate), torchrl replay buffers, network builders, evaluation with normalized scores, and
+run outputs (config.json, metrics.jsonl, atomic model.pt, optional wandb). No algorithm math
+(losses, updates, training loops) lives here: each algorithm file owns its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torchrl
+import tyro
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage, ReplayBuffer
+from tqdm import tqdm
+
+logging.getLogger("torchrl").setLevel(logging.WARNING)  # silence per-storage INFO lines
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERT_DIR = Path(__file__).resolve().parent / "experts"
+ENV_ALIASES = {
+    "CartPole": "CartPole-v1",
+    "Acrobot": "Acrobot-v1",
+    "MountainCar": "MountainCar-v0",
+    "Pendulum": "Pendulum-v1",
+    "HalfCheetah": "HalfCheetah-v5",
+    "Hopper": "Hopper-v5",
+    "Walker2d": "Walker2d-v5",
+    "Ant": "Ant-v5",
+}
+# Disjoint reset-seed ranges, so that learners are never evaluated on the demonstrations' seeds.
+DEMO_SEED_BASE, EVAL_SEED_BASE, EXPERT_EVAL_SEED_BASE = 1_000_000, 2_000_000, 3_000_000
+DEMO_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
+ROLLOUT_CHUNK = 10  # episodes run side by side; fixed so episode k is identical whatever the count
+
+
+class CleanILError(Exception):
+    """A problem with the user's input or files, reported as one sentence without a traceback."""
+
+
+# ----------------------------------------------------------------------------- environments
+def resolve_env_id(name: str) -> str:
+    """Map an alias (``HalfCheetah``) or a full gymnasium id to a registered gymnasium id."""
+    env_id = ENV_ALIASES.get(name, name)
+    if env_id not in gym.registry:
+        raise CleanILError(
+            f"unknown environment '{name}': use an alias ({', '.join(ENV_ALIASES)}) "
+            "or a registered gymnasium id such as 'HalfCheetah-v5'"
+        )
+    return env_id
+
+
+@dataclasses.dataclass
+class EnvSpec:
+    """What the scripts need to know about an env's spaces."""
+
+    env_id: str
+    obs_dim: int
+    discrete: bool
+    act_dim: int  # number of actions if discrete, action vector size otherwise
+    action_low: Optional[np.ndarray] = None
+    action_high: Optional[np.ndarray] = None
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    env = gym.make(env_id)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise CleanILError(f"{env_id} has observation space {obs_space}: cleanil needs a flat Box")
+    if isinstance(act_space, gym.spaces.Discrete):
+        return EnvSpec(env_id, obs_space.shape[0], True, int(act_space.n))
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return EnvSpec(env_id, obs_space.shape[0], False, act_space.shape[0], act_space.low, act_space.high)
+    raise CleanILError(f"{env_id} has action space {act_space}: cleanil needs Discrete or a flat Box")
+
+
+def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """Synchronous vector env in SAME_STEP autoreset mode: when a sub-env ends, ``step`` already
+    returns the first observation of its next episode, and the true last observation of the
+    finished episode is in ``info["final_obs"][i]`` (mask ``info["_final_obs"]``)."""
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
+
+
+def true_next_obs(next_obs: np.ndarray, info: dict) -> np.ndarray:
+    """The observation each sub-env actually reached (the final one for envs that just ended)."""
+    if "_final_obs" not in info or not info["_final_obs"].any():
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(info["_final_obs"]):
+        real[i] = info["final_obs"][i]
+    return real
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CleanILError(f"--device {name} was asked for, but torch sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CleanILError(f"unknown device '{name}': use auto, cpu or cuda") from None
+
+
+# ----------------------------------------------------------------------------- networks
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256), act: type = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), act()]
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Normalizer(nn.Module):
+    """Fixed observation standardization (mean, std buffers saved in the state dict)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std
+
+
+class CategoricalActor(nn.Module):
+    """Logits over discrete actions; DQN's Q-network has the same shape (greedy = argmax)."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.norm, self.net = Normalizer(obs_dim), mlp(obs_dim, n_actions, hidden)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(obs))
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        logits = self(obs)
+        if deterministic:
+            return logits.argmax(-1)
+        return torch.distributions.Categorical(logits=logits).sample()
+
+
+class TanhGaussianActor(nn.Module):
+    """a = bias + scale * tanh(u), u ~ N(mu(s), sigma(s)^2), with log-std clamped to a range."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: Any, action_high: Any,
+                 hidden: tuple[int, ...] = (256, 256), log_std_range: tuple[float, float] = (-5.0, 2.0)):  # fmt: skip
+        super().__init__()
+        self.norm, self.net = Normalizer(obs_dim), mlp(obs_dim, 2 * act_dim, hidden)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("scale", (high - low) / 2)
+        self.register_buffer("bias", (high + low) / 2)
+        self.log_std_range = log_std_range
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(self.norm(obs)).chunk(2, dim=-1)
+        lo, hi = self.log_std_range
+        return mean, lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1)
+
+    def log_prob_of_pre_tanh(self, u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s) = log N(u; mu, sigma) - sum_i log(scale_i * (1 - tanh(u_i)^2))."""
+        gauss = torch.distributions.Normal(mean, log_std.exp()).log_prob(u).sum(-1)
+        # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), numerically stable
+        log_det = (2 * (math.log(2) - u - nn.functional.softplus(-2 * u)) + self.scale.log()).sum(-1)
+        return gauss - log_det
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized sample and its log-probability."""
+        mean, log_std = self(obs)
+        u = mean + log_std.exp() * torch.randn_like(mean)
+        return self.bias + self.scale * torch.tanh(u), self.log_prob_of_pre_tanh(u, mean, log_std)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        if deterministic:
+            return self.bias + self.scale * torch.tanh(self(obs)[0])
+        return self.sample(obs)[0]
+
+
+class QNetwork(nn.Module):
+    """Q(s, a) for continuous actions: an MLP on the concatenation [s, a]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+
+
+def make_actor(spec: EnvSpec, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    """Categorical actor for discrete actions, tanh-Gaussian actor for continuous ones."""
+    if spec.discrete:
+        return CategoricalActor(spec.obs_dim, spec.act_dim, hidden)
+    return TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, hidden)
+
+
+def maybe_compile(fn: Callable, enabled: bool) -> Callable:
+    return torch.compile(fn) if enabled else fn
+
+
+def save_policy(path: str | Path, actor: nn.Module, spec: EnvSpec, hidden: tuple[int, ...], **extra: Any) -> None:
+    """Save an actor built by ``make_actor`` so that ``load_policy`` can rebuild it."""
+    state = {k: v.detach().cpu() for k, v in actor.state_dict().items()}
+    atomic_torch_save({"env_id": spec.env_id, "hidden": list(hidden), "state_dict": state, **extra}, path)
+
+
+def load_policy(path: str | Path, spec: EnvSpec) -> nn.Module:
+    """Rebuild an actor saved by ``save_policy``, checking that it fits the env."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        actor = make_actor(spec, tuple(blob["hidden"]))
+        actor.load_state_dict(blob["state_dict"])
+    except FileNotFoundError:
+        raise CleanILError(f"policy file {path} does not exist") from None
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as e:
+        raise CleanILError(f"policy file {path} does not fit {spec.env_id}: {str(e).splitlines()[0]}") from None
+    return actor.eval()
+
+
+def numpy_policy(actor: nn.Module, device: torch.device, deterministic: bool = True) -> Callable:
+    """Wrap an actor as a batched numpy function obs -> action."""
+
+    @torch.inference_mode()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+
+    return policy
+
+
+# ----------------------------------------------------------------------------- experts
+def expert_paths(env_id: str) -> tuple[Path, Path]:
+    return EXPERT_DIR / f"{env_id}.pt", EXPERT_DIR / f"{env_id}.json"
+
+
+EXPERT_META_KEYS = {"env_id": str, "algo": str, "return_mean": float, "return_std": float,
+                    "random_return_mean": float, "eval_episodes": int, "total_steps": int,
+                    "command": str, "versions": dict}  # fmt: skip
+
+
+def load_expert_metadata(env_id: str) -> dict:
+    path = expert_paths(env_id)[1]
+    if not path.exists():
+        shipped = sorted(p.stem for p in EXPERT_DIR.glob("*.json"))
+        raise CleanILError(f"no shipped expert for {env_id} (shipped: {', '.join(shipped) or 'none'}); "
+                           f"train one with scripts/train_expert.py --env {env_id} or pass --demos")  # fmt: skip
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CleanILError(f"expert metadata {path} is not valid JSON: {e}") from None
+    for key, typ in EXPERT_META_KEYS.items():
+        if not isinstance(meta.get(key), (int, float) if typ is float else typ):
+            raise CleanILError(f"expert metadata {path} lacks a valid '{key}' field")
+    if meta["env_id"] != env_id:
+        raise CleanILError(f"expert metadata {path} is for {meta['env_id']}, not {env_id}")
+    return meta
+
+
+def load_expert(env_id: str) -> nn.Module:
+    load_expert_metadata(env_id)
+    return load_policy(expert_paths(env_id)[0], env_spec(env_id))
+
+
+def normalized_score(ret: float, env_id: str) -> Optional[float]:
+    """(return - random) / (expert - random), or None when no expert ships for this env."""
+    if not expert_paths(env_id)[1].exists():
+        return None
+    meta = load_expert_metadata(env_id)
+    return (ret - meta["random_return_mean"]) / (meta["return_mean"] - meta["random_return_mean"])
+
+
+# ----------------------------------------------------------------------------- rollouts
+def rollout(policy: Callable, env_id: str, episodes: int, seed: int, record: bool = False) -> dict:
+    """Run ``episodes`` episodes (episode k reset with seed ``seed + k``), ROLLOUT_CHUNK at a time.
+
+    Returns per-episode returns and lengths and, if ``record``, the transitions in the demo format.
+    """
+    returns, lengths, steps = [], [], {k: [] for k in DEMO_KEYS}
+    for start in range(0, episodes, ROLLOUT_CHUNK):
+        envs = make_vec_env(env_id, ROLLOUT_CHUNK)
+        obs, _ = envs.reset(seed=[seed + start + i for i in range(ROLLOUT_CHUNK)])
+        alive = np.arange(ROLLOUT_CHUNK) < episodes - start
+        ret, length = np.zeros(ROLLOUT_CHUNK), np.zeros(ROLLOUT_CHUNK, dtype=np.int64)
+        per_env = [{k: [] for k in DEMO_KEYS} for _ in range(ROLLOUT_CHUNK)]
+        while alive.any():
+            action = policy(obs)
+            next_obs, reward, term, trunc, info = envs.step(action)
+            real_next = true_next_obs(next_obs, info)
+            for i in np.flatnonzero(alive) if record else ():
+                for k, v in zip(DEMO_KEYS, (obs[i], action[i], reward[i], real_next[i], term[i], trunc[i])):
+                    per_env[i][k].append(v)
+            ret += reward * alive
+            length += alive
+            alive &= ~(term | trunc)
+            obs = next_obs
+        envs.close()
+        n = min(ROLLOUT_CHUNK, episodes - start)
+        returns += ret[:n].tolist()
+        lengths += length[:n].tolist()
+        for ep in per_env[:n] if record else ():
+            for k in DEMO_KEYS:
+                steps[k] += ep[k]
+    out = {"returns": np.array(returns), "lengths": np.array(lengths)}
+    if record:
+        out["transitions"] = {k: np.array(v) for k, v in steps.items()}
+    return out
+
+
+def evaluate(policy: Callable, env_id: str, episodes: int, seed: int) -> dict:
+    """Evaluate on reset seeds disjoint from the demonstrations'; raw and normalized return."""
+    result = rollout(policy, env_id, episodes, EVAL_SEED_BASE + 10_000 * seed)
+    mean = float(result["returns"].mean())
+    norm = normalized_score(mean, env_id)
+    out = {"eval/return": mean, "eval/return_std": float(result["returns"].std()),
+           "eval/length": float(result["lengths"].mean())}  # fmt: skip
+    return out if norm is None else {**out, "eval/normalized_return": norm}
+
+
+# ----------------------------------------------------------------------------- demonstrations
+def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
+    """Check a demo dict against the env; return it with canonical dtypes or raise CleanILError."""
+    missing = [k for k in DEMO_KEYS if k not in data]
+    if missing:
+        raise CleanILError(f"demo file {source} lacks the array(s) {', '.join(missing)}")
+    n = len(data["obs"])
+    if n == 0 or any(len(data[k]) != n for k in DEMO_KEYS):
+        raise CleanILError(f"demo file {source} is empty or its arrays differ in length")
+    for key in ("obs", "next_obs"):
+        if data[key].shape[1:] != (spec.obs_dim,):
+            raise CleanILError(f"demo file {source} has '{key}' of shape {data[key].shape[1:]} per step, "
+                               f"but {spec.env_id} observations have shape ({spec.obs_dim},)")  # fmt: skip
+    act = data["actions"]
+    if spec.discrete:
+        if act.ndim != 1 or not np.issubdtype(act.dtype, np.integer) or act.min() < 0 or act.max() >= spec.act_dim:
+            raise CleanILError(f"demo file {source} must hold integer actions in [0, {spec.act_dim}) for {spec.env_id}")
+    elif act.shape[1:] != (spec.act_dim,):
+        raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
+                           f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
+    for key in ("obs", "actions", "rewards", "next_obs"):
+        if not np.isfinite(data[key]).all():
+            raise CleanILError(f"demo file {source} contains NaN or infinite values in '{key}'")
+    done = np.asarray(data["terminated"], bool) | np.asarray(data["truncated"], bool)
+    if not done[-1]:
+        raise CleanILError(f"demo file {source} ends in the middle of an episode")
+    breaks = np.flatnonzero(~done[:-1] & np.any(data["next_obs"][:-1] != data["obs"][1:], axis=-1))
+    if len(breaks):
+        raise CleanILError(f"demo file {source}: next_obs at step {breaks[0]} differs from the following obs, "
+                           "but neither terminated nor truncated marks an episode end there")  # fmt: skip
+    out = {k: np.asarray(data[k], np.float32) for k in ("obs", "rewards", "next_obs")}
+    out["actions"] = act.astype(np.int64 if spec.discrete else np.float32)
+    out.update(terminated=np.asarray(data["terminated"], bool), truncated=np.asarray(data["truncated"], bool))
+    return out
+
+
+def first_episodes(data: dict, num: int, source: str) -> dict:
+    ends = np.flatnonzero(data["terminated"] | data["truncated"])
+    if num > len(ends):
+        raise CleanILError(f"demo file {source} holds {len(ends)} episode(s), but {num} were asked for")
+    return {k: v[: ends[num - 1] + 1] for k, v in data.items()}
+
+
+def load_demo_file(path: str | Path, spec: EnvSpec) -> dict:
+    """Load and validate a user's ``.npz`` demo file (format: see README, 'Bring your own demos')."""
+    if not Path(path).is_file():
+        raise CleanILError(f"demo file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except Exception as e:  # numpy raises many types for a corrupt archive
+        raise CleanILError(f"demo file {path} could not be read as .npz ({type(e).__name__}: {e})") from None
+    return validate_demos(data, spec, str(path))
+
+
+def save_demo_file(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+        np.savez_compressed(f, **data)
+    os.replace(f.name, path)
+
+
+def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
+    """Roll out the shipped expert deterministically: episode k is reset with a fixed seed."""
+    expert = numpy_policy(load_expert(env_id), torch.device("cpu"))
+    return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
+
+
+def load_demos(env_id: str, num: int, path: Optional[str] = None, seed: int = 0) -> dict:
+    """The first ``num`` episodes of a user file (``path``) or of the shipped expert's cached demos."""
+    spec = env_spec(env_id)
+    if num < 1:
+        raise CleanILError(f"--num-demos must be at least 1, got {num}")
+    if path is not None:
+        return first_episodes(load_demo_file(path, spec), num, path)
+    load_expert_metadata(env_id)  # clear error if none ships
+    digest = hashlib.sha256(expert_paths(env_id)[0].read_bytes()).hexdigest()[:10]
+    cache = Path(os.environ.get("CLEANIL_CACHE", Path.home() / ".cache" / "cleanil")) / "demos"
+    file = cache / f"{env_id}__n{num}__seed{seed}__{digest}.npz"
+    if not file.exists():
+        save_demo_file(file, generate_demos(env_id, num, seed))
+    return load_demo_file(file, spec)
+
+
+# ----------------------------------------------------------------------------- replay buffers
+def make_replay_buffer(capacity: int, batch_size: int, device: torch.device) -> ReplayBuffer:
+    """Uniform replay of TensorDict transitions, stored as preallocated tensors on ``device``."""
+    return ReplayBuffer(storage=LazyTensorStorage(capacity, device=device), batch_size=batch_size)
+
+
+def to_tensordict(data: dict, device: torch.device) -> TensorDict:
+    return TensorDict({k: torch.as_tensor(v, device=device) for k, v in data.items()}, batch_size=[len(data["obs"])])
+
+
+# ----------------------------------------------------------------------------- runs and logging
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def versions() -> dict:
+    import mujoco
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchrl": torchrl.__version__,
+            "gymnasium": gym.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}  # fmt: skip
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(), "gpu": gpu}
+
+
+class RunLogger:
+    """Writes runs/<env>__<algo>__<seed>__<time>/{config.json, metrics.jsonl, model.pt}; optional wandb."""
+
+    def __init__(self, args: Any, algo: str, env_id: str):
+        self.name = f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.run_dir) / self.name
+        try:
+            self.dir.mkdir(parents=True, exist_ok=False)
+        except OSError as e:
+            raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
+        config = {**dataclasses.asdict(args), "env_id": env_id, "algo": algo, "command": " ".join(sys.argv),
+                  "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+        self.metrics = open(self.dir / "metrics.jsonl", "a")
+        self.start, self.wandb = time.time(), None
+        if args.track:
+            import wandb
+
+            netrc = Path.home() / ".netrc"
+            logged_in = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+            mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
+            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name,
+                                    config=config, dir=str(self.dir), mode=mode)  # fmt: skip
+        print(f"run {self.name}: outputs in {self.dir}")
+
+    def log(self, step: int, metrics: dict, env_steps: Optional[int] = None) -> None:
+        elapsed = time.time() - self.start
+        row = {"global_step": step, "time": round(elapsed, 3)}
+        if env_steps is not None:
+            row.update(env_steps=env_steps, env_steps_per_s=round(env_steps / max(elapsed, 1e-9), 2))
+        row.update({k: float(v) for k, v in metrics.items()})
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        if "eval/return" in row:
+            norm = row.get("eval/normalized_return")
+            tqdm.write(f"step {step}: eval return {row['eval/return']:.1f}"
+                       + ("" if norm is None else f", normalized {norm:.3f}"))  # fmt: skip
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_args(args_cls: type, config_dir: str) -> Any:
+    """Parse flags with tyro, taking defaults from ``configs/<config_dir>/<EnvId>.yaml`` if it exists."""
+    argv = sys.argv[1:]
+    env = next((a.split("=", 1)[1] for a in argv if a.startswith("--env=")), None)
+    if env is None and "--env" in argv and argv.index("--env") + 1 < len(argv):
+        env = argv[argv.index("--env") + 1]
+    defaults = {}
+    if env is not None and "-h" not in argv and "--help" not in argv:
+        cfg = REPO_ROOT / "configs" / config_dir / f"{ENV_ALIASES.get(env, env)}.yaml"
+        if cfg.exists():
+            import yaml
+
+            loaded = yaml.safe_load(cfg.read_text()) or {}
+            defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()}
+            print(f"defaults from {cfg.relative_to(REPO_ROOT)}: {defaults}")
+    return tyro.cli(args_cls, default=args_cls(**defaults) if defaults else None)
+
+
+def run_cli(main: Callable, args_cls: type, config_dir: str) -> None:
+    """Entry point of every script: parse, run, and turn CleanILError into one line and exit 2."""
+    args = parse_args(args_cls, config_dir)
+    try:
+        main(args)
+    except CleanILError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,405 @@
+"""Train an expert policy with cleanil's own RL code and ship it under cleanil/experts/.
+
+- PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) or DQN (Mnih et al. 2015,
+  https://doi.org/10.1038/nature14236) for discrete actions; SAC (Haarnoja et al. 2018,
+  https://arxiv.org/abs/1812.05905) for continuous ones.
+- Evaluates every ``--eval-every`` env steps and keeps the best policy by evaluation return
+  (runs/<run>/best.pt); writes a full checkpoint (networks, optimizers, replay buffer, RNG states,
+  counters) every ``--checkpoint-every`` env steps, so ``--resume runs/<run>`` continues an
+  interrupted run and appends to its metrics.jsonl.
+- At the end the best policy is scored over ``--final-eval-episodes`` deterministic episodes on
+  reset seeds disjoint from demo and evaluation seeds, with the random policy's return, and written
+  to ``<out-dir>/<EnvId>.pt`` with metadata ``<EnvId>.json`` -- only if it beats the expert already
+  there (or ``--replace``).
+
+Per-env hyperparameters live in configs/train_expert/<EnvId>.yaml and are picked up automatically.
+
+Run: python scripts/train_expert.py --env CartPole
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+
+from cleanil import utils
+
+
+@dataclass
+class Args:
+    env: str = "CartPole"
+    """environment: an alias (CartPole, Pendulum, HalfCheetah, ...) or a gymnasium id"""
+    algo: Optional[Literal["ppo", "dqn", "sac"]] = None
+    """RL algorithm; None picks sac for continuous and ppo for discrete actions"""
+    seed: int = 0
+    """random seed"""
+    device: str = "auto"
+    """torch device: auto, cpu or cuda"""
+    total_steps: int = 100_000
+    """environment steps to train for"""
+    eval_every: int = 10_000
+    """evaluate (and maybe keep as best) every this many env steps"""
+    eval_episodes: int = 10
+    """episodes per evaluation during training"""
+    final_eval_episodes: int = 50
+    """episodes to score the best policy (and the random policy) for the metadata"""
+    checkpoint_every: int = 50_000
+    """write a resumable checkpoint every this many env steps (0: never)"""
+    resume: Optional[str] = None
+    """run directory (runs/<name>) whose checkpoint to continue from"""
+    out_dir: str = str(utils.EXPERT_DIR)
+    """where to write <EnvId>.pt and <EnvId>.json"""
+    replace: bool = False
+    """replace an existing expert even if the new one scores lower"""
+    run_dir: str = "runs"
+    """folder under which each run gets its own directory"""
+    track: bool = False
+    """log to Weights & Biases"""
+    wandb_project: str = "cleanil"
+    """wandb project name"""
+    wandb_entity: Optional[str] = None
+    """wandb entity"""
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer sizes of every network"""
+    lr: float = 3e-4
+    """learning rate"""
+    gamma: float = 0.99
+    """discount factor"""
+    batch_size: int = 256
+    """minibatch size (off-policy) or PPO minibatch size"""
+    # off-policy (DQN, SAC)
+    buffer_size: int = 1_000_000
+    """replay capacity"""
+    learning_starts: int = 5_000
+    """env steps of random actions before learning starts"""
+    train_freq: int = 1
+    """env steps between rounds of updates"""
+    gradient_steps: int = 1
+    """updates per round"""
+    tau: float = 0.005
+    """Polyak rate of the target networks (SAC; DQN copies every target_update steps)"""
+    # DQN
+    target_update: int = 500
+    """env steps between target network copies (DQN)"""
+    exploration_fraction: float = 0.1
+    """share of training over which epsilon decays linearly from 1 (DQN)"""
+    final_eps: float = 0.05
+    """final epsilon (DQN)"""
+    # PPO
+    num_envs: int = 8
+    """parallel envs (PPO)"""
+    num_steps: int = 128
+    """steps per env per rollout (PPO)"""
+    update_epochs: int = 10
+    """optimization epochs per rollout (PPO)"""
+    gae_lambda: float = 0.95
+    """GAE lambda (PPO)"""
+    clip_coef: float = 0.2
+    """policy ratio clip (PPO)"""
+    ent_coef: float = 0.0
+    """entropy bonus (PPO)"""
+    vf_coef: float = 0.5
+    """value loss weight (PPO)"""
+    max_grad_norm: float = 0.5
+    """gradient clipping (PPO)"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 (PPO)"""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class Run:
+    """Counters, logging, best-policy tracking and resumable checkpoints shared by the three trainers."""
+
+    def __init__(self, args: Args, spec: utils.EnvSpec, algo: str):
+        self.args, self.spec, self.algo = args, spec, algo
+        if args.resume:
+            self.dir = Path(args.resume)
+            if not (self.dir / "checkpoint.pt").exists():
+                raise utils.CleanILError(f"--resume {args.resume}: no checkpoint.pt in that directory")
+            self.state = torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+            self.logger = utils.RunLogger.__new__(utils.RunLogger)  # reopen the existing run
+            self.logger.dir, self.logger.name, self.logger.wandb = self.dir, self.dir.name, None
+            self.logger.metrics = open(self.dir / "metrics.jsonl", "a")
+            self.logger.start = time.time() - self.state["elapsed"]
+            print(f"resuming {self.dir} at env step {self.state['step']}")
+        else:
+            self.logger, self.state = utils.RunLogger(args, f"expert_{algo}", spec.env_id), None
+            self.dir = self.logger.dir
+        self.step = self.state["step"] if self.state else 0
+        self.best = self.state["best"] if self.state else -float("inf")
+        self.next_eval = self.state["next_eval"] if self.state else args.eval_every
+        self.next_ckpt = self.state["next_ckpt"] if self.state else args.checkpoint_every
+
+    def restore(self, modules: dict) -> Optional[dict]:
+        """Load saved state into ``modules`` (name -> object with load_state_dict); return extras."""
+        if self.state is None:
+            return None
+        for name, m in modules.items():
+            m.load_state_dict(self.state["modules"][name])
+        torch.set_rng_state(self.state["rng"]["torch"])
+        np.random.set_state(self.state["rng"]["numpy"])
+        random.setstate(self.state["rng"]["python"])
+        return self.state["extra"]
+
+    def tick(self, actor: torch.nn.Module, modules: dict, extra: Callable[[], dict], device: torch.device) -> None:
+        """Call after each env step: evaluate, keep the best policy, checkpoint (with ``extra()``) when due."""
+        if self.step >= self.next_eval or self.step == self.args.total_steps:
+            self.next_eval += self.args.eval_every
+            policy = utils.numpy_policy(actor, device)
+            metrics = utils.evaluate(policy, self.spec.env_id, self.args.eval_episodes, self.args.seed)
+            self.logger.log(self.step, metrics, env_steps=self.step)
+            if metrics["eval/return"] > self.best:
+                self.best = metrics["eval/return"]
+                utils.save_policy(self.dir / "best.pt", actor, self.spec, self.args.hidden)
+        if self.args.checkpoint_every and self.step >= self.next_ckpt:
+            self.next_ckpt += self.args.checkpoint_every
+            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+            state = {"step": self.step, "best": self.best, "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
+                     "elapsed": time.time() - self.logger.start, "rng": rng, "extra": extra(),
+                     "modules": {k: m.state_dict() for k, m in modules.items()}}  # fmt: skip
+            utils.atomic_torch_save(state, self.dir / "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- PPO
+def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+    if not spec.discrete:
+        raise utils.CleanILError("train_expert's PPO handles discrete actions only; use --algo sac")
+    actor = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+    params = list(actor.parameters()) + list(critic.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    envs = utils.make_vec_env(spec.env_id, args.num_envs)
+    run.restore({"actor": actor, "critic": critic, "optimizer": optimizer})
+    obs = torch.as_tensor(envs.reset(seed=args.seed + run.step)[0], device=device)
+    n, T = args.num_envs, args.num_steps
+    bar = utils.progress(args.total_steps, "ppo")
+    bar.update(run.step)
+    while run.step < args.total_steps:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.lr * (1 - run.step / args.total_steps)
+        buf = {k: torch.zeros(T, n, device=device) for k in ("logp", "rew", "done", "val")}
+        buf["obs"] = torch.zeros(T, n, spec.obs_dim, device=device)
+        buf["act"] = torch.zeros(T, n, dtype=torch.long, device=device)
+        for t in range(T):
+            with torch.no_grad():
+                dist = torch.distributions.Categorical(logits=actor(obs))
+                action = dist.sample()
+                buf["val"][t] = critic(obs).squeeze(-1)
+            next_obs, rew, term, trunc, info = envs.step(action.cpu().numpy())
+            rew = torch.as_tensor(rew, dtype=torch.float32, device=device)
+            if trunc.any():  # a time-limit end is not a real end: bootstrap from the final observation
+                final = torch.as_tensor(utils.true_next_obs(next_obs, info), device=device)
+                with torch.no_grad():
+                    rew += args.gamma * critic(final).squeeze(-1) * torch.as_tensor(trunc & ~term, device=device)
+            buf["obs"][t], buf["act"][t], buf["logp"][t] = obs, action, dist.log_prob(action)
+            buf["rew"][t], buf["done"][t] = rew, torch.as_tensor(term | trunc, dtype=torch.float32)
+            obs = torch.as_tensor(next_obs, device=device)
+            run.step += n
+            bar.update(n)
+        # GAE: delta_t = r_t + gamma V(s_{t+1}) (1 - d_t) - V(s_t), A_t = delta_t + gamma lambda (1 - d_t) A_{t+1}
+        with torch.no_grad():
+            next_val = critic(obs).squeeze(-1)
+        adv, last = torch.zeros_like(buf["rew"]), torch.zeros(n, device=device)
+        for t in reversed(range(T)):
+            nv = next_val if t == T - 1 else buf["val"][t + 1]
+            delta = buf["rew"][t] + args.gamma * nv * (1 - buf["done"][t]) - buf["val"][t]
+            last = delta + args.gamma * args.gae_lambda * (1 - buf["done"][t]) * last
+            adv[t] = last
+        ret = adv + buf["val"]
+        flat = {k: v.reshape(T * n, *v.shape[2:]) for k, v in buf.items()} | {"adv": adv.flatten(), "ret": ret.flatten()}
+        for _ in range(args.update_epochs):
+            for idx in torch.randperm(T * n).split(args.batch_size):
+                dist = torch.distributions.Categorical(logits=actor(flat["obs"][idx]))
+                ratio = (dist.log_prob(flat["act"][idx]) - flat["logp"][idx]).exp()
+                a = flat["adv"][idx]
+                a = (a - a.mean()) / (a.std() + 1e-8)
+                # L_clip = -E[min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)]
+                pg_loss = -torch.min(ratio * a, ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef) * a).mean()
+                v_loss = 0.5 * (critic(flat["obs"][idx]).squeeze(-1) - flat["ret"][idx]).pow(2).mean()
+                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * dist.entropy().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+        run.logger.log(run.step, {"losses/policy": pg_loss.item(), "losses/value": v_loss.item()}, run.step)
+        run.tick(actor, {"actor": actor, "critic": critic, "optimizer": optimizer}, dict, device)
+    bar.close()
+    return actor
+
+
+# ----------------------------------------------------------------------------- DQN and SAC share the replay loop
+def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run, act_fn, update_fn,
+                    actor: torch.nn.Module, modules: dict, name: str) -> None:  # fmt: skip
+    """Step one env, store (s, a, r, s', terminated), call ``update_fn(batch)`` when due."""
+    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    extra = run.restore(modules)
+    if extra is not None:
+        rb.load_state_dict(extra["buffer"])
+    env = utils.make_vec_env(spec.env_id, 1)
+    env.single_action_space.seed(args.seed)
+    obs = env.reset(seed=args.seed + run.step)[0]
+    bar = utils.progress(args.total_steps, name)
+    bar.update(run.step)
+    metrics: dict = {}
+    while run.step < args.total_steps:
+        if run.step < args.learning_starts:
+            action = np.array([env.single_action_space.sample()])
+        else:
+            action = act_fn(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        next_obs, rew, term, trunc, info = env.step(action)
+        real_next = utils.true_next_obs(next_obs, info)
+        rb.extend(utils.to_tensordict({"obs": obs.astype(np.float32), "act": action, "rew": rew.astype(np.float32),
+                                       "next_obs": real_next.astype(np.float32), "term": term.astype(np.float32)},
+                                      device))  # fmt: skip
+        obs = next_obs
+        run.step += 1
+        bar.update(1)
+        if run.step >= args.learning_starts and run.step % args.train_freq == 0:
+            for _ in range(args.gradient_steps):
+                metrics = update_fn(rb.sample())
+            if run.step % 1000 < args.train_freq:
+                run.logger.log(run.step, {k: v.item() for k, v in metrics.items()}, run.step)
+        run.tick(actor, modules, lambda: {"buffer": rb.state_dict()}, device)
+    bar.close()
+
+
+def train_dqn(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+    if not spec.discrete:
+        raise utils.CleanILError("DQN needs discrete actions; use --algo sac")
+    q = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
+    q_target = copy.deepcopy(q)
+    optimizer = torch.optim.Adam(q.parameters(), lr=args.lr)
+    decay_steps = max(1, int(args.exploration_fraction * args.total_steps))
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        eps = max(args.final_eps, 1 - (1 - args.final_eps) * run.step / decay_steps)
+        if random.random() < eps:
+            return torch.randint(spec.act_dim, (len(obs),))
+        with torch.no_grad():
+            return q(obs).argmax(-1)
+
+    def update(b: TensorDict) -> dict:
+        # y = r + gamma (1 - terminated) max_a' Q_target(s', a');  Huber(Q(s, a) - y)
+        with torch.no_grad():
+            y = b["rew"] + args.gamma * (1 - b["term"]) * q_target(b["next_obs"]).max(-1).values
+        q_sa = q(b["obs"]).gather(-1, b["act"].long().unsqueeze(-1)).squeeze(-1)
+        loss = F.smooth_l1_loss(q_sa, y)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(q.parameters(), 10.0)
+        optimizer.step()
+        if run.step % args.target_update < args.train_freq:
+            q_target.load_state_dict(q.state_dict())
+        return {"losses/q": loss.detach(), "q_mean": q_sa.mean().detach()}
+
+    modules = {"q": q, "q_target": q_target, "optimizer": optimizer}
+    off_policy_loop(args, spec, device, run, act, update, q, modules, "dqn")
+    return q
+
+
+def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+    if spec.discrete:
+        raise utils.CleanILError("train_expert's SAC handles continuous actions only; use --algo ppo or dqn")
+    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+    actor = actor.to(device)
+    critics = torch.nn.ModuleList([utils.QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)])
+    critics = critics.to(device)
+    targets = copy.deepcopy(critics).requires_grad_(False)
+    temperature = torch.nn.ParameterDict({"log_alpha": torch.nn.Parameter(torch.zeros(1, device=device))})
+    log_alpha = temperature["log_alpha"]
+    target_entropy = -float(spec.act_dim)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=device.type == "cpu" or None)
+    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr, fused=device.type == "cpu" or None)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return actor.sample(obs)[0]
+
+    def update(b: TensorDict) -> dict:
+        alpha = log_alpha.exp().detach()
+        # y = r + gamma (1 - terminated) (min_j Q_target_j(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+        with torch.no_grad():
+            a2, logp2 = actor.sample(b["next_obs"])
+            q_next = torch.min(targets[0](b["next_obs"], a2), targets[1](b["next_obs"], a2)) - alpha * logp2
+            y = b["rew"] + args.gamma * (1 - b["term"]) * q_next
+        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)];  temperature: min E[-alpha (log pi + H_target)]
+        a, logp = actor.sample(b["obs"])
+        actor_loss = (alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))).mean()
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()
+        alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+        with torch.no_grad():  # Polyak: theta_target <- (1 - tau) theta_target + tau theta
+            torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
+        return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha}
+
+    modules = {"actor": actor, "critics": critics, "targets": targets, "actor_opt": actor_opt,
+               "critic_opt": critic_opt, "alpha_opt": alpha_opt, "temperature": temperature}  # fmt: skip
+    off_policy_loop(args, spec, device, run, act, update, actor, modules, "sac")
+    return actor
+
+
+# ----------------------------------------------------------------------------- main
+def main(args: Args) -> dict:
+    env_id = utils.resolve_env_id(args.env)
+    spec = utils.env_spec(env_id)
+    device = utils.get_device(args.device)
+    algo = args.algo or ("ppo" if spec.discrete else "sac")
+    utils.set_seed(args.seed)
+    run = Run(args, spec, algo)
+    start = time.time()
+    {"ppo": train_ppo, "dqn": train_dqn, "sac": train_sac}[algo](args, spec, device, run)
+    train_seconds = time.time() - run.logger.start
+
+    # score the best policy and the random policy on seeds used nowhere else
+    best = utils.load_policy(run.dir / "best.pt", spec).to(device)
+    seeds = utils.EXPERT_EVAL_SEED_BASE
+    expert = utils.rollout(utils.numpy_policy(best, device), env_id, args.final_eval_episodes, seeds)["returns"]
+    space = gym.vector.utils.batch_space(gym.make(env_id).action_space, utils.ROLLOUT_CHUNK)
+    space.seed(args.seed)
+    rand = utils.rollout(lambda obs: space.sample(), env_id, args.final_eval_episodes, seeds)["returns"]
+    meta = {"env_id": env_id, "algo": algo, "return_mean": float(expert.mean()), "return_std": float(expert.std()),
+            "random_return_mean": float(rand.mean()), "random_return_std": float(rand.std()),
+            "eval_episodes": args.final_eval_episodes, "total_steps": args.total_steps,
+            "wall_clock_s": round(train_seconds, 1), "train_seconds_this_session": round(time.time() - start, 1),
+            "command": "python scripts/train_expert.py " + " ".join(sys.argv[1:]), "seed": args.seed,
+            "hidden": list(args.hidden), "git": utils.git_revision(), "versions": utils.versions(),
+            "machine": utils.machine()}  # fmt: skip
+    print(f"{env_id}: expert {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, random {rand.mean():.1f} "
+          f"over {args.final_eval_episodes} episodes")  # fmt: skip
+    (run.dir / "expert.json").write_text(json.dumps(meta, indent=2))
+    out_pt, out_json = Path(args.out_dir) / f"{env_id}.pt", Path(args.out_dir) / f"{env_id}.json"
+    old = json.loads(out_json.read_text())["return_mean"] if out_json.exists() else -float("inf")
+    if args.replace or meta["return_mean"] > old:
+        out_pt.parent.mkdir(parents=True, exist_ok=True)
+        utils.save_policy(out_pt, best, spec, args.hidden)
+        out_json.write_text(json.dumps(meta, indent=2) + "\n")
+        print(f"wrote {out_pt} and {out_json}")
+    else:
+        print(f"kept the existing expert in {args.out_dir} ({old:.1f} >= {meta['return_mean']:.1f}); --replace forces")
+    run.logger.close()
+    return meta
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "train_expert")
