@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -35,7 +34,7 @@ from cleanil import utils
 class Args:
     # ---- common to every cleanil algorithm
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or a gymnasium id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
     """random seed for torch, numpy and the evaluation episodes"""
     device: str = "auto"
@@ -44,7 +43,7 @@ class Args:
     """number of gradient steps"""
     num_demos: int = 10
     """number of expert episodes to imitate (the first ones of the demo file)"""
-    demos: Optional[str] = None
+    demos: str | None = None
     """path to a .npz demo file; by default demos are rolled out from the shipped expert and cached"""
     eval_every: int = 2_000
     """evaluate the policy every this many gradient steps (and at the end)"""
@@ -54,7 +53,7 @@ class Args:
     """log to Weights & Biases (offline unless a login or WANDB_MODE says otherwise)"""
     wandb_project: str = "cleanil"
     """wandb project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool = False
     """compile the update step with torch.compile"""

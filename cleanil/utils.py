@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -77,8 +78,8 @@ class EnvSpec:
     obs_dim: int
     discrete: bool
     act_dim: int  # number of actions if discrete, action vector size otherwise
-    action_low: Optional[np.ndarray] = None
-    action_high: Optional[np.ndarray] = None
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -292,7 +293,7 @@ def load_expert(env_id: str) -> nn.Module:
     return load_policy(expert_paths(env_id)[0], env_spec(env_id))
 
 
-def normalized_score(ret: float, env_id: str) -> Optional[float]:
+def normalized_score(ret: float, env_id: str) -> float | None:
     """(return - random) / (expert - random), or None when no expert ships for this env."""
     if not expert_paths(env_id)[1].exists():
         return None
@@ -318,7 +319,8 @@ def rollout(policy: Callable, env_id: str, episodes: int, seed: int, record: boo
             next_obs, reward, term, trunc, info = envs.step(action)
             real_next = true_next_obs(next_obs, info)
             for i in np.flatnonzero(alive) if record else ():
-                for k, v in zip(DEMO_KEYS, (obs[i], action[i], reward[i], real_next[i], term[i], trunc[i])):
+                row = (obs[i], action[i], reward[i], real_next[i], term[i], trunc[i])
+                for k, v in zip(DEMO_KEYS, row, strict=True):
                     per_env[i][k].append(v)
             ret += reward * alive
             length += alive
@@ -416,7 +418,7 @@ def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
     return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
 
 
-def load_demos(env_id: str, num: int, path: Optional[str] = None, seed: int = 0) -> dict:
+def load_demos(env_id: str, num: int, path: str | None = None, seed: int = 0) -> dict:
     """The first ``num`` episodes of a user file (``path``) or of the shipped expert's cached demos."""
     spec = env_spec(env_id)
     if num < 1:
@@ -473,20 +475,31 @@ def machine() -> dict:
 
 
 class RunLogger:
-    """Writes runs/<env>__<algo>__<seed>__<time>/{config.json, metrics.jsonl, model.pt}; optional wandb."""
+    """Writes runs/<env>__<algo>__<seed>__<time>/{config.json, metrics.jsonl, model.pt}; optional wandb.
 
-    def __init__(self, args: Any, algo: str, env_id: str):
-        self.name = f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
-        self.dir = Path(args.run_dir) / self.name
-        try:
-            self.dir.mkdir(parents=True, exist_ok=False)
-        except OSError as e:
-            raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
-        config = {**dataclasses.asdict(args), "env_id": env_id, "algo": algo, "command": " ".join(sys.argv),
+    With ``resume`` (an existing run directory), reopens that run instead: rows of metrics.jsonl
+    past ``step`` (logged after the checkpoint being resumed) are dropped, and the clock continues
+    from ``elapsed`` seconds.
+    """
+
+    def __init__(self, args: Any, algo: str, env_id: str, resume: Path | None = None, step: int = 0,
+                 elapsed: float = 0.0):  # fmt: skip
+        self.name = resume.name if resume else f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
+        self.dir = resume or Path(args.run_dir) / self.name
+        config = {**dataclasses.asdict(args), "env_id": env_id, "algorithm": algo, "command": " ".join(sys.argv),
                   "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
-        (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+        if resume:
+            rows = (self.dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+            kept = "".join(r for r in rows if json.loads(r)["global_step"] <= step)
+            (self.dir / "metrics.jsonl").write_text(kept)
+        else:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=False)
+                (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+            except OSError as e:
+                raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
         self.metrics = open(self.dir / "metrics.jsonl", "a")
-        self.start, self.wandb = time.time(), None
+        self.start, self.wandb = time.time() - elapsed, None
         if args.track:
             import wandb
 
@@ -494,10 +507,11 @@ class RunLogger:
             logged_in = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
             mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
             self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name,
-                                    config=config, dir=str(self.dir), mode=mode)  # fmt: skip
-        print(f"run {self.name}: outputs in {self.dir}")
+                                    config=config, dir=str(self.dir), mode=mode, resume="allow" if resume else None,
+                                    id=self.name.replace("__", "-").replace(".", "-"))  # fmt: skip
+        print(f"run {self.name}: {'resumed' if resume else 'outputs'} in {self.dir}")
 
-    def log(self, step: int, metrics: dict, env_steps: Optional[int] = None) -> None:
+    def log(self, step: int, metrics: dict, env_steps: int | None = None) -> None:
         elapsed = time.time() - self.start
         row = {"global_step": step, "time": round(elapsed, 3)}
         if env_steps is not None:
@@ -523,29 +537,47 @@ def progress(total: int, desc: str) -> tqdm:
 
 
 # ----------------------------------------------------------------------------- command line
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value given to ``--name`` (as ``--name V`` or ``--name=V``) in ``argv``, if any."""
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def parse_args(args_cls: type, config_dir: str) -> Any:
-    """Parse flags with tyro, taking defaults from ``configs/<config_dir>/<EnvId>.yaml`` if it exists."""
-    argv = sys.argv[1:]
-    env = next((a.split("=", 1)[1] for a in argv if a.startswith("--env=")), None)
-    if env is None and "--env" in argv and argv.index("--env") + 1 < len(argv):
-        env = argv[argv.index("--env") + 1]
-    defaults = {}
-    if env is not None and "-h" not in argv and "--help" not in argv:
-        cfg = REPO_ROOT / "configs" / config_dir / f"{ENV_ALIASES.get(env, env)}.yaml"
-        if cfg.exists():
+    """Parse flags with tyro. Defaults come from the saved config.json of the run given to
+    ``--resume`` if any, else from ``configs/<config_dir>/<EnvId>.yaml`` if it exists; flags given
+    on the command line win over both."""
+    argv, loaded, fields = sys.argv[1:], {}, args_cls.__dataclass_fields__
+    resume, env = flag_value(argv, "resume"), flag_value(argv, "env")
+    if "-h" in argv or "--help" in argv:
+        pass
+    elif resume is not None and "resume" in fields:
+        path = Path(resume) / "config.json"
+        if not path.is_file():
+            raise CleanILError(f"--resume {resume}: no config.json in that directory")
+        loaded = {k: v for k, v in json.loads(path.read_text()).items() if k in fields and k != "resume"}
+    elif env is not None:
+        path = REPO_ROOT / "configs" / config_dir / f"{ENV_ALIASES.get(env, env)}.yaml"
+        if path.exists():
             import yaml
 
-            loaded = yaml.safe_load(cfg.read_text()) or {}
-            defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()}
-            print(f"defaults from {cfg.relative_to(REPO_ROOT)}: {defaults}")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            unknown = sorted(set(loaded) - set(fields))
+            if unknown:
+                raise CleanILError(f"{path} sets unknown field(s) {', '.join(unknown)}")
+            print(f"defaults from {path.relative_to(REPO_ROOT)}: {loaded}")
+    defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()}
     return tyro.cli(args_cls, default=args_cls(**defaults) if defaults else None)
 
 
 def run_cli(main: Callable, args_cls: type, config_dir: str) -> None:
     """Entry point of every script: parse, run, and turn CleanILError into one line and exit 2."""
-    args = parse_args(args_cls, config_dir)
     try:
-        main(args)
+        main(parse_args(args_cls, config_dir))
     except CleanILError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

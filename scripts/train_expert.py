@@ -24,9 +24,10 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -41,7 +42,7 @@ from cleanil import utils
 class Args:
     env: str = "CartPole"
     """environment: an alias (CartPole, Pendulum, HalfCheetah, ...) or a gymnasium id"""
-    algo: Optional[Literal["ppo", "dqn", "sac"]] = None
+    algo: Literal["ppo", "dqn", "sac"] | None = None
     """RL algorithm; None picks sac for continuous and ppo for discrete actions"""
     seed: int = 0
     """random seed"""
@@ -55,10 +56,12 @@ class Args:
     """episodes per evaluation during training"""
     final_eval_episodes: int = 50
     """episodes to score the best policy (and the random policy) for the metadata"""
+    log_every: int = 1_000
+    """log losses every this many env steps (off-policy; PPO logs after every rollout)"""
     checkpoint_every: int = 50_000
     """write a resumable checkpoint every this many env steps (0: never)"""
-    resume: Optional[str] = None
-    """run directory (runs/<name>) whose checkpoint to continue from"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its last checkpoint, with its saved settings as defaults"""
     out_dir: str = str(utils.EXPERT_DIR)
     """where to write <EnvId>.pt and <EnvId>.json"""
     replace: bool = False
@@ -69,7 +72,7 @@ class Args:
     """log to Weights & Biases"""
     wandb_project: str = "cleanil"
     """wandb project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """wandb entity"""
     hidden: tuple[int, ...] = (256, 256)
     """hidden layer sizes of every network"""
@@ -129,11 +132,9 @@ class Run:
             if not (self.dir / "checkpoint.pt").exists():
                 raise utils.CleanILError(f"--resume {args.resume}: no checkpoint.pt in that directory")
             self.state = torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-            self.logger = utils.RunLogger.__new__(utils.RunLogger)  # reopen the existing run
-            self.logger.dir, self.logger.name, self.logger.wandb = self.dir, self.dir.name, None
-            self.logger.metrics = open(self.dir / "metrics.jsonl", "a")
-            self.logger.start = time.time() - self.state["elapsed"]
-            print(f"resuming {self.dir} at env step {self.state['step']}")
+            self.logger = utils.RunLogger(args, f"expert_{algo}", spec.env_id, self.dir, self.state["step"],
+                                          self.state["elapsed"])  # fmt: skip
+            print(f"resuming at env step {self.state['step']}")
         else:
             self.logger, self.state = utils.RunLogger(args, f"expert_{algo}", spec.env_id), None
             self.dir = self.logger.dir
@@ -142,7 +143,7 @@ class Run:
         self.next_eval = self.state["next_eval"] if self.state else args.eval_every
         self.next_ckpt = self.state["next_ckpt"] if self.state else args.checkpoint_every
 
-    def restore(self, modules: dict) -> Optional[dict]:
+    def restore(self, modules: dict) -> dict | None:
         """Load saved state into ``modules`` (name -> object with load_state_dict); return extras."""
         if self.state is None:
             return None
@@ -218,7 +219,10 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
             last = delta + args.gamma * args.gae_lambda * (1 - buf["done"][t]) * last
             adv[t] = last
         ret = adv + buf["val"]
-        flat = {k: v.reshape(T * n, *v.shape[2:]) for k, v in buf.items()} | {"adv": adv.flatten(), "ret": ret.flatten()}
+        flat = {k: v.reshape(T * n, *v.shape[2:]) for k, v in buf.items()} | {
+            "adv": adv.flatten(),
+            "ret": ret.flatten(),
+        }
         for _ in range(args.update_epochs):
             for idx in torch.randperm(T * n).split(args.batch_size):
                 dist = torch.distributions.Categorical(logits=actor(flat["obs"][idx]))
@@ -269,7 +273,7 @@ def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: 
         if run.step >= args.learning_starts and run.step % args.train_freq == 0:
             for _ in range(args.gradient_steps):
                 metrics = update_fn(rb.sample())
-            if run.step % 1000 < args.train_freq:
+            if run.step % args.log_every < args.train_freq:
                 run.logger.log(run.step, {k: v.item() for k, v in metrics.items()}, run.step)
         run.tick(actor, modules, lambda: {"buffer": rb.state_dict()}, device)
     bar.close()
