@@ -1,0 +1,123 @@
+"""Run algorithms x envs x seeds and write one JSON record per run into benchmark_results/records/.
+
+Each job runs the algorithm's real CLI in its own process with one thread (OMP_NUM_THREADS=1),
+``--jobs`` at a time. A finished record is skipped on the next call (``--force`` reruns it), so an
+interrupted benchmark resumes where it stopped. Records hold the command, seed, git revision,
+library versions, machine, env steps, wall-clock, final and best normalized return and the curve.
+
+Benchmark seeds start at ``--first-seed`` (1 by default); development uses seed 0, so reported
+numbers never come from the seed the defaults were tuned on.
+
+Run: python scripts/benchmark.py --algos bc --envs CartPole Pendulum --seeds 3 --jobs 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from cleanil import utils
+
+ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp")
+
+
+@dataclass
+class Args:
+    algos: tuple[str, ...] = ("bc",)
+    """algorithms to run (file names under cleanil/)"""
+    envs: tuple[str, ...] = ("CartPole", "Pendulum")
+    """environments (aliases or gymnasium ids)"""
+    seeds: int = 3
+    """number of seeds per (algo, env): first_seed, first_seed + 1, ..."""
+    first_seed: int = 1
+    """first benchmark seed (seed 0 is the development seed)"""
+    jobs: int = 2
+    """runs at a time, one thread each"""
+    extra: str = ""
+    """extra flags passed to every run, as one string after '=': --extra='--num-demos 25 --total-steps 5000'"""
+    out_dir: str = "benchmark_results/records"
+    """where records are written"""
+    run_root: str = "runs/benchmark"
+    """where the runs' own outputs (runs/<...>) and logs go"""
+    force: bool = False
+    """rerun and overwrite records that already exist"""
+
+
+def record_path(out_dir: str, algo: str, env_id: str, seed: int) -> Path:
+    return Path(out_dir) / algo / f"{env_id}__seed{seed}.json"
+
+
+def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
+    """Run one training process and turn its metrics.jsonl into a benchmark record."""
+    run_root = (utils.REPO_ROOT / args.run_root / algo / f"{env_id}__seed{seed}").resolve()
+    run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
+    cmd = [sys.executable, f"cleanil/{algo}.py", "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
+           *shlex.split(args.extra)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.time()
+    log = run_root.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        return f"FAILED {algo} {env_id} seed {seed} (exit {proc.returncode}, log {log})"
+    run_dir = max(run_root.iterdir(), key=lambda p: p.stat().st_mtime)
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/return" in r]
+    curve = [{"step": r["global_step"], "env_steps": r.get("env_steps", 0), "return": r["eval/return"],
+              "normalized_return": r.get("eval/normalized_return")} for r in evals]  # fmt: skip
+    norms = [c["normalized_return"] for c in curve if c["normalized_return"] is not None]
+    record = {
+        "algo": algo, "env": env_id, "seed": seed,
+        "command": " ".join(["python", *cmd[1:]]),
+        "git": config["git"], "versions": config["versions"], "machine": config["machine"],
+        "num_demos": config.get("num_demos"),
+        "steps": rows[-1]["global_step"], "env_steps": max((r.get("env_steps", 0) for r in rows), default=0),
+        "wall_clock_s": round(wall, 1),
+        "final_return": curve[-1]["return"], "final_normalized_return": norms[-1] if norms else None,
+        "best_normalized_return": max(norms) if norms else None,
+        "curve": curve, "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    path = record_path(args.out_dir, algo, env_id, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    norm = record["final_normalized_return"]
+    return f"done {algo} {env_id} seed {seed}: return {record['final_return']:.1f}, normalized {norm}, {wall:.0f}s"
+
+
+def main(args: Args) -> None:
+    unknown = [a for a in args.algos if a not in ALGOS or not (utils.REPO_ROOT / "cleanil" / f"{a}.py").exists()]
+    if unknown:
+        raise utils.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
+    envs = [utils.resolve_env_id(e) for e in args.envs]
+    grid = [(a, e, s) for a in args.algos for e in envs for s in range(args.first_seed, args.first_seed + args.seeds)]
+    todo = [g for g in grid if args.force or not record_path(args.out_dir, *g).exists()]
+    print(f"{len(grid)} runs, {len(grid) - len(todo)} already recorded, {len(todo)} to go, {args.jobs} at a time")
+    failed = 0
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_job, *g, args) for g in todo]
+        for i, future in enumerate(as_completed(futures), 1):
+            line = future.result()
+            failed += line.startswith("FAILED")
+            print(f"[{i}/{len(todo)}] {line}", flush=True)
+    if failed:
+        raise utils.CleanILError(f"{failed} of {len(todo)} run(s) failed; their logs are named above")
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except utils.CleanILError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,109 @@
+"""Smoke runs of scripts/train_expert.py, scripts/collect_demos.py and scripts/benchmark.py through their CLIs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import only_run_dir, read_metrics, run_cli
+
+from cleanil import utils
+
+EXPERT_TINY = ("--eval-episodes", "2", "--final-eval-episodes", "3", "--hidden", "16", "16", "--log-every", "50")
+
+
+@pytest.mark.parametrize(
+    "env, flags",
+    [
+        (
+            "CartPole",
+            ("--algo", "ppo", "--total-steps", "256", "--num-envs", "2", "--num-steps", "64", "--eval-every", "128"),
+        ),
+        ("CartPole", ("--algo", "dqn", "--total-steps", "300", "--learning-starts", "100", "--eval-every", "150")),
+    ],
+)
+def test_train_expert_discrete_smoke(tmp_path, env, flags):
+    out = tmp_path / "experts"
+    res = run_cli("scripts/train_expert.py", "--env", env, "--run-dir", str(tmp_path / "runs"), "--out-dir", str(out),
+                  *EXPERT_TINY, *flags)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "CartPole-v1.json").read_text())
+    assert meta["eval_episodes"] == 3 and meta["env_id"] == "CartPole-v1" and meta["algo"] == flags[1]
+    rows = read_metrics(only_run_dir(tmp_path / "runs"))
+    assert any(k.startswith("losses/") for r in rows for k in r)  # the update code ran
+    utils.load_policy(out / "CartPole-v1.pt", utils.env_spec("CartPole-v1"))
+
+
+def test_train_expert_sac_resume_continues_and_keeps_better_expert(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "experts"
+    common = ("--run-dir", str(runs), "--out-dir", str(out), *EXPERT_TINY)
+    sac = ("--env", "Pendulum", "--learning-starts", "100", "--eval-every", "100", "--checkpoint-every", "150")
+    res = run_cli("scripts/train_expert.py", *sac, *common, "--total-steps", "300")
+    assert res.returncode == 0, res.stderr
+    run = only_run_dir(runs)
+    first = read_metrics(run)
+    assert [r["global_step"] for r in first if "eval/return" in r] == [100, 200, 300]
+    assert any("losses/critic" in r for r in first)
+
+    # continue the same run to 450 steps from its checkpoint at step 300 (saved settings, one flag overridden)
+    res = run_cli("scripts/train_expert.py", "--resume", str(run), "--total-steps", "450")
+    assert res.returncode == 0, res.stderr
+    assert "resuming at env step 300" in res.stdout
+    rows = read_metrics(run)
+    evals = [r["global_step"] for r in rows if "eval/return" in r]
+    assert evals == [100, 200, 300, 400, 450]
+    steps = [r["global_step"] for r in rows if "losses/critic" in r]
+    assert steps == sorted(set(steps)) and max(steps) > 300
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 300  # the original config stays
+
+    # an existing expert that scores higher is kept
+    meta = json.loads((out / "Pendulum-v1.json").read_text())
+    meta["return_mean"] = 1e9
+    (out / "Pendulum-v1.json").write_text(json.dumps(meta))
+    res = run_cli("scripts/train_expert.py", *sac, *common, "--total-steps", "100", "--learning-starts", "50")
+    assert res.returncode == 0 and "kept the existing expert" in res.stdout
+    assert json.loads((out / "Pendulum-v1.json").read_text())["return_mean"] == 1e9
+
+
+def test_train_expert_bad_input(tmp_path):
+    res = run_cli("scripts/train_expert.py", "--resume", str(tmp_path / "nowhere"))
+    assert (
+        res.returncode == 2
+        and res.stderr.strip() == f"error: --resume {tmp_path / 'nowhere'}: no config.json in that directory"
+    )
+    res = run_cli("scripts/train_expert.py", "--env", "Pendulum", "--algo", "dqn", "--run-dir", str(tmp_path))
+    assert res.returncode == 2 and "DQN needs discrete actions" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_collect_demos_writes_a_valid_deterministic_file(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for path in (a, b):
+        res = run_cli("scripts/collect_demos.py", "--env", "Pendulum", "--num-demos", "2", "--out", str(path))
+        assert res.returncode == 0, res.stderr
+    spec = utils.env_spec("Pendulum-v1")
+    da, db = utils.load_demo_file(a, spec), utils.load_demo_file(b, spec)
+    assert len(da["obs"]) == 400 and da["truncated"].sum() == 2
+    for k in utils.DEMO_KEYS:
+        np.testing.assert_array_equal(da[k], db[k])
+    res = run_cli("scripts/collect_demos.py", "--env", "Pendulum", "--num-demos", "0", "--out", str(a))
+    assert res.returncode == 2 and "--num-demos must be at least 1" in res.stderr
+
+
+def test_benchmark_writes_records_and_resumes(tmp_path):
+    out = tmp_path / "records"
+    flags = ("--algos", "bc", "--envs", "CartPole", "--seeds", "2", "--jobs", "2", "--out-dir", str(out),
+             "--run-root", str(tmp_path / "runs"),
+             "--extra=--total-steps 40 --eval-every 20 --log-every 20 --eval-episodes 2 --num-demos 2")  # fmt: skip
+    res = run_cli("scripts/benchmark.py", *flags)
+    assert res.returncode == 0, res.stderr
+    assert "2 to go" in res.stdout
+    for seed in (1, 2):
+        rec = json.loads((out / "bc" / f"CartPole-v1__seed{seed}.json").read_text())
+        assert rec["seed"] == seed and rec["algo"] == "bc" and f"--seed {seed}" in rec["command"]
+        assert [c["step"] for c in rec["curve"]] == [20, 40] and rec["final_normalized_return"] is not None
+        assert rec["git"] and rec["versions"]["torch"] and rec["machine"]["cpu_count"] >= 1
+    res = run_cli("scripts/benchmark.py", *flags)
+    assert res.returncode == 0 and "2 already recorded, 0 to go" in res.stdout
+    res = run_cli("scripts/benchmark.py", "--algos", "nosuchalgo", "--out-dir", str(out))
+    assert res.returncode == 2 and "unknown or missing algorithm" in res.stderr
