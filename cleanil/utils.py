@@ -21,18 +21,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torchrl
 import tyro
-from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage, ReplayBuffer
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from tensordict import TensorDict
+    from torchrl.data import ReplayBuffer
 
 logging.getLogger("torchrl").setLevel(logging.WARNING)  # silence per-storage INFO lines
 
@@ -80,6 +82,7 @@ class EnvSpec:
     act_dim: int  # number of actions if discrete, action vector size otherwise
     action_low: np.ndarray | None = None
     action_high: np.ndarray | None = None
+    obs_discrete: bool = False  # tabular envs: observations are state indices in [0, obs_dim)
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -359,7 +362,13 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
     if n == 0 or any(len(data[k]) != n for k in DEMO_KEYS):
         raise CleanILError(f"demo file {source} is empty or its arrays differ in length")
     for key in ("obs", "next_obs"):
-        if data[key].shape[1:] != (spec.obs_dim,):
+        if spec.obs_discrete:
+            obs = data[key]
+            if obs.ndim != 1 or not np.issubdtype(obs.dtype, np.integer) or obs.min() < 0 or obs.max() >= spec.obs_dim:
+                raise CleanILError(
+                    f"demo file {source} must hold integer '{key}' in [0, {spec.obs_dim}) for {spec.env_id}"
+                )
+        elif data[key].shape[1:] != (spec.obs_dim,):
             raise CleanILError(f"demo file {source} has '{key}' of shape {data[key].shape[1:]} per step, "
                                f"but {spec.env_id} observations have shape ({spec.obs_dim},)")  # fmt: skip
     act = data["actions"]
@@ -369,17 +378,21 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
     elif act.shape[1:] != (spec.act_dim,):
         raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
                            f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
-    for key in ("obs", "actions", "rewards", "next_obs"):
+    for key in ("rewards",) if spec.obs_discrete and spec.discrete else ("obs", "actions", "rewards", "next_obs"):
         if not np.isfinite(data[key]).all():
             raise CleanILError(f"demo file {source} contains NaN or infinite values in '{key}'")
     done = np.asarray(data["terminated"], bool) | np.asarray(data["truncated"], bool)
     if not done[-1]:
         raise CleanILError(f"demo file {source} ends in the middle of an episode")
-    breaks = np.flatnonzero(~done[:-1] & np.any(data["next_obs"][:-1] != data["obs"][1:], axis=-1))
+    moved = (data["next_obs"][:-1] != data["obs"][1:]).reshape(n - 1, -1).any(-1)
+    breaks = np.flatnonzero(~done[:-1] & moved)
     if len(breaks):
         raise CleanILError(f"demo file {source}: next_obs at step {breaks[0]} differs from the following obs, "
                            "but neither terminated nor truncated marks an episode end there")  # fmt: skip
-    out = {k: np.asarray(data[k], np.float32) for k in ("obs", "rewards", "next_obs")}
+    obs_dtype = np.int64 if spec.obs_discrete else np.float32
+    out = {k: np.asarray(data[k], obs_dtype) for k in ("obs", "next_obs")} | {
+        "rewards": data["rewards"].astype(np.float32)
+    }
     out["actions"] = act.astype(np.int64 if spec.discrete else np.float32)
     out.update(terminated=np.asarray(data["terminated"], bool), truncated=np.asarray(data["truncated"], bool))
     return out
@@ -437,10 +450,14 @@ def load_demos(env_id: str, num: int, path: str | None = None, seed: int = 0) ->
 # ----------------------------------------------------------------------------- replay buffers
 def make_replay_buffer(capacity: int, batch_size: int, device: torch.device) -> ReplayBuffer:
     """Uniform replay of TensorDict transitions, stored as preallocated tensors on ``device``."""
+    from torchrl.data import LazyTensorStorage, ReplayBuffer  # imported here: torchrl takes seconds to import
+
     return ReplayBuffer(storage=LazyTensorStorage(capacity, device=device), batch_size=batch_size)
 
 
 def to_tensordict(data: dict, device: torch.device) -> TensorDict:
+    from tensordict import TensorDict
+
     return TensorDict({k: torch.as_tensor(v, device=device) for k, v in data.items()}, batch_size=[len(data["obs"])])
 
 
@@ -455,7 +472,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def versions() -> dict:
     import mujoco
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchrl": torchrl.__version__,
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchrl": version("torchrl"),
             "gymnasium": gym.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}  # fmt: skip
 
 

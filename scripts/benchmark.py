@@ -48,17 +48,20 @@ class Args:
     """where records are written"""
     run_root: str = "runs/benchmark"
     """where the runs' own outputs (runs/<...>) and logs go"""
+    tag: str = ""
+    """name of a variant run with --extra (e.g. exact); its records go to <out-dir>/<algo>__<tag>/"""
     force: bool = False
     """rerun and overwrite records that already exist"""
 
 
-def record_path(out_dir: str, algo: str, env_id: str, seed: int) -> Path:
-    return Path(out_dir) / algo / f"{env_id}__seed{seed}.json"
+def record_path(out_dir: str, algo: str, env_id: str, seed: int, tag: str = "") -> Path:
+    return Path(out_dir) / (f"{algo}__{tag}" if tag else algo) / f"{env_id}__seed{seed}.json"
 
 
 def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     """Run one training process and turn its metrics.jsonl into a benchmark record."""
-    run_root = (utils.REPO_ROOT / args.run_root / algo / f"{env_id}__seed{seed}").resolve()
+    variant = f"{algo}__{args.tag}" if args.tag else algo
+    run_root = (utils.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
     run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
     cmd = [sys.executable, f"cleanil/{algo}.py", "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
            *shlex.split(args.extra)]  # fmt: skip
@@ -79,7 +82,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
               "normalized_return": r.get("eval/normalized_return")} for r in evals]  # fmt: skip
     norms = [c["normalized_return"] for c in curve if c["normalized_return"] is not None]
     record = {
-        "algo": algo, "env": env_id, "seed": seed,
+        "algo": algo, "tag": args.tag, "env": env_id, "seed": seed,
         "command": " ".join(["python", *cmd[1:]]),
         "git": config["git"], "versions": config["versions"], "machine": config["machine"],
         "num_demos": config.get("num_demos"),
@@ -89,7 +92,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
         "best_normalized_return": max(norms) if norms else None,
         "curve": curve, "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
-    path = record_path(args.out_dir, algo, env_id, seed)
+    path = record_path(args.out_dir, algo, env_id, seed, args.tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     norm = record["final_normalized_return"]
@@ -102,7 +105,7 @@ def main(args: Args) -> None:
         raise utils.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
     envs = [utils.resolve_env_id(e) for e in args.envs]
     grid = [(a, e, s) for a in args.algos for e in envs for s in range(args.first_seed, args.first_seed + args.seeds)]
-    todo = [g for g in grid if args.force or not record_path(args.out_dir, *g).exists()]
+    todo = [g for g in grid if args.force or not record_path(args.out_dir, *g, args.tag).exists()]
     print(f"{len(grid)} runs, {len(grid) - len(todo)} already recorded, {len(todo)} to go, {args.jobs} at a time")
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
