@@ -27,12 +27,16 @@ normalized to sum to 1 in the update, so the step size does not depend on the ho
   give a near-deterministic expert). ``--exact`` uses its occupancy directly; otherwise
   ``--num-demos`` trajectories are sampled from it (or read from ``--demos``: integer ``obs`` and
   ``actions`` in the README's format).
-- Evaluation is exact, not sampled: the expected true return of the policy that is soft-optimal
-  for the learned reward (and of the greedy policy for it), normalized between the uniform random
-  policy (0) and the expert (1). Grid worlds also get a PNG heat map of the learned reward beside
-  the true one (runs/<run>/reward.png).
+- Evaluation is exact, not sampled: the expected true return of the optimal (deterministic) policy
+  for the learned reward (``eval/return``) and of the MCE policy, soft-optimal for it
+  (``eval/mce_policy_return``), normalized between the uniform random policy (0) and the expert (1).
+  The expert is soft, so an optimal policy can score above 1. Grid worlds also get a PNG heat map of
+  the learned reward beside the true one (runs/<run>/reward.png).
+- The absorbing state has a single action: ending an episode earns no entropy bonus, which would
+  otherwise reward the soft expert for falling into FrozenLake's holes.
 
-Run: python cleanil/mce_irl.py --env FrozenLake-v1 --exact  (normalized 1.00, occupancy gap < 1e-3, seconds on 1 CPU)
+Run: python cleanil/mce_irl.py --env FrozenLake-v1 --exact  (optimal policy for the learned reward
+normalized 1.14, MCE policy 0.999, occupancy gap < 1e-3 after ~950 updates, ~5 s on 1 CPU)
 """
 
 from __future__ import annotations
