@@ -386,7 +386,9 @@ def main(args: Args) -> dict:
             "random_return_mean": float(rand.mean()), "random_return_std": float(rand.std()),
             "eval_episodes": args.final_eval_episodes, "total_steps": args.total_steps,
             "wall_clock_s": round(train_seconds, 1), "train_seconds_this_session": round(time.time() - start, 1),
-            "command": "python scripts/train_expert.py " + " ".join(sys.argv[1:]), "seed": args.seed,
+            "command": "python " + json.loads((run.dir / "config.json").read_text())["command"],
+            "resumed_with": "python scripts/train_expert.py " + " ".join(sys.argv[1:]) if args.resume else None,
+            "seed": args.seed,
             "hidden": list(args.hidden), "git": utils.git_revision(), "versions": utils.versions(),
             "machine": utils.machine()}  # fmt: skip
     print(f"{env_id}: expert {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, random {rand.mean():.1f} "
