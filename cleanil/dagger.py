@@ -170,6 +170,8 @@ def main(args: Args) -> dict:
         raise utils.CleanILError(
             f"need --rounds >= 1 and --total-steps >= --rounds, got {args.rounds}, {args.total_steps}"
         )
+    if args.demos is not None and args.num_demos < 1:
+        raise utils.CleanILError("--demos needs --num-demos >= 1 (how many of its episodes start the dataset)")
     expert = load_expert_fn(args.expert, spec)
     source = args.expert or "shipped"
     utils.set_seed(args.seed)
@@ -201,7 +203,6 @@ def main(args: Args) -> dict:
     logger = utils.RunLogger(args, "dagger", env_id)
     env = gym.make(env_id)
     obs, _ = env.reset(seed=args.seed)
-    env.action_space.seed(args.seed)
     steps_per_round = args.total_steps // args.rounds
     env_steps, metrics = 0, {}
     bar = utils.progress(args.rounds * steps_per_round, "dagger")

@@ -99,6 +99,11 @@ def test_bad_expert_is_one_clear_error(tmp_path, expert, needle):
     assert needle in str(err.value)
 
 
+def test_demos_without_a_count_is_an_error(tmp_path):
+    with pytest.raises(utils.CleanILError, match="--demos needs --num-demos >= 1"):
+        dagger.main(dagger.Args(env="CartPole", demos="d.npz", run_dir=str(tmp_path)))
+
+
 def test_bad_expert_on_the_command_line(tmp_path):
     res = run_cli("cleanil/dagger.py", "--expert", "tests.controllers:nothing", "--run-dir", str(tmp_path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
