@@ -107,3 +107,15 @@ def test_benchmark_writes_records_and_resumes(tmp_path):
     assert res.returncode == 0 and "2 already recorded, 0 to go" in res.stdout
     res = run_cli("scripts/benchmark.py", "--algos", "nosuchalgo", "--out-dir", str(out))
     assert res.returncode == 2 and "unknown or missing algorithm" in res.stderr
+
+
+@pytest.mark.parametrize("algo", ["dagger", "mce_irl"])
+def test_help_explains_every_flag(algo):
+    import importlib
+
+    fields = importlib.import_module(f"cleanil.{algo}").Args.__dataclass_fields__
+    res = run_cli(f"cleanil/{algo}.py", "--help")
+    assert res.returncode == 0
+    for field in fields:
+        assert "--" + field.replace("_", "-") in res.stdout
+    assert res.stdout.count("(default") >= len(fields)
