@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -37,6 +38,16 @@ if TYPE_CHECKING:
     from torchrl.data import ReplayBuffer
 
 logging.getLogger("torchrl").setLevel(logging.WARNING)  # silence per-storage INFO lines
+
+
+def _mujoco_warning(message: str) -> None:
+    """Forward MuJoCo's warnings, except the one every gymnasium MuJoCo v5 model triggers at load
+    under MuJoCo 4 ('settotalmass' is deprecated): it says nothing about the user's run."""
+    if "settotalmass" not in message:
+        print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+
+mujoco.set_mju_user_warning(_mujoco_warning)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERT_DIR = Path(__file__).resolve().parent / "experts"
@@ -470,8 +481,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def versions() -> dict:
-    import mujoco
-
     return {"python": platform.python_version(), "torch": torch.__version__, "torchrl": version("torchrl"),
             "gymnasium": gym.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}  # fmt: skip
 
