@@ -120,3 +120,12 @@ def test_learns_cartpole_far_better_than_random(tmp_path):
                    run_dir=str(tmp_path), save_model=False)  # fmt: skip
     final = bc.main(args)
     assert final["eval/normalized_return"] > 0.6  # random scores 0
+
+
+def test_track_runs_offline_without_a_login(tmp_path):
+    """--track logs to wandb with no account or network (offline mode), next to the run's files."""
+    res = run_cli("cleanil/bc.py", "--track", "--run-dir", str(tmp_path), *TINY)
+    assert res.returncode == 0, res.stderr
+    run = only_run_dir(tmp_path)
+    assert any((run / "wandb").glob("offline-run-*")), list(run.rglob("*"))[:10]
+    assert len([r for r in read_metrics(run) if "eval/return" in r]) == 2
