@@ -377,7 +377,7 @@ def save_heat_map(path: str, mdp: TabularMDP, learned: torch.Tensor) -> None:
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.colorbar(image, ax=ax, fraction=0.046, shrink=min(1.0, 2 * mdp.grid[0] / mdp.grid[1]))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
