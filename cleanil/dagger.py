@@ -204,12 +204,16 @@ def main(args: Args) -> dict:
     env = gym.make(env_id)
     obs, _ = env.reset(seed=args.seed)
     steps_per_round = args.total_steps // args.rounds
+    # the dataset as tensors for training, extended by each round's new rows (initial demos first)
+    obs_t = torch.as_tensor(np.array(data["obs"]), dtype=torch.float32, device=device).reshape(-1, spec.obs_dim)
+    labels = torch.as_tensor(np.array(data["actions"]), device=device)
+    labels = labels.long() if spec.discrete else labels.float().reshape(-1, spec.act_dim)
     env_steps, metrics = 0, {}
     bar = utils.progress(args.rounds * steps_per_round, "dagger")
     for i in range(args.rounds):
         beta = beta_schedule(args.beta_schedule, i, args.beta0, args.beta_decay_rounds, args.beta_ratio)
         # 1-3: roll out the mixture, label every visited state with the expert's action, aggregate
-        expert_share = 0
+        expert_share, first_new = 0, len(data["obs"])
         for t in range(steps_per_round):
             label = check_action(expert(obs), spec, source)
             use_expert = rng.random() < beta
@@ -224,9 +228,10 @@ def main(args: Args) -> dict:
             env_steps += 1
             bar.update(1)
         # 4: retrain the learner on everything so far, warm-started
-        obs_t = torch.as_tensor(np.array(data["obs"]), dtype=torch.float32, device=device)
-        labels = torch.as_tensor(np.array(data["actions"]), device=device)
-        labels = labels.long() if spec.discrete else labels.float()
+        new_obs = torch.as_tensor(np.array(data["obs"][first_new:]), dtype=torch.float32, device=device)
+        new_labels = torch.as_tensor(np.array(data["actions"][first_new:]), device=device)
+        obs_t = torch.cat([obs_t, new_obs])
+        labels = torch.cat([labels, new_labels.long() if spec.discrete else new_labels.float()])
         if i == 0:  # fix the input standardization on the first round's data
             actor.norm.mean.copy_(obs_t.mean(0))
             actor.norm.std.copy_(obs_t.std(0).clamp_min(1e-3) if len(obs_t) > 1 else torch.ones_like(obs_t[0]))
