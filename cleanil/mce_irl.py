@@ -471,7 +471,9 @@ def main(args: Args) -> dict:
         if converged:
             break
         # one Adam step on the MCE surrogate (+ optional L2 prior)
-        loss = mce_loss(reward, rho_expert, rho) + args.l2_weight * sum((p**2).sum() for p in reward_net.parameters())
+        loss = mce_loss(reward, rho_expert, rho)
+        if args.l2_weight:
+            loss = loss + args.l2_weight * sum((p**2).sum() for p in reward_net.parameters())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -389,7 +389,7 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
     elif act.shape[1:] != (spec.act_dim,):
         raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
                            f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
-    for key in ("rewards",) if spec.obs_discrete and spec.discrete else ("obs", "actions", "rewards", "next_obs"):
+    for key in ("obs", "actions", "rewards", "next_obs"):
         if not np.isfinite(data[key]).all():
             raise CleanILError(f"demo file {source} contains NaN or infinite values in '{key}'")
     done = np.asarray(data["terminated"], bool) | np.asarray(data["truncated"], bool)
