@@ -1,0 +1,445 @@
+"""GAIL: generative adversarial imitation learning, with an off-policy SAC generator (DAC) or PPO.
+
+Ho & Ermon (2016), "Generative Adversarial Imitation Learning", NeurIPS, https://arxiv.org/abs/1606.03476.
+Kostrikov et al. (2019), "Discriminator-Actor-Critic: Addressing Sample Inefficiency and Reward Bias in
+Adversarial Imitation Learning" (DAC), ICLR, https://arxiv.org/abs/1809.02925.
+
+    min_pi max_D  E_{pi_E}[ log D(s, a) ] + E_pi[ log(1 - D(s, a)) ],      D = sigmoid(d(s, a))
+
+The discriminator logit d is trained with binary cross-entropy (expert = 1, policy = 0); the policy
+maximizes the discounted sum of a reward computed from d (``--reward``):
+    logit (default): r = log D - log(1 - D) = d(s, a)
+    gail:            r = -log(1 - D) = softplus(d)       > 0 everywhere: a bonus for every step survived
+    log_d:           r = log D = -softplus(-d)           < 0 everywhere: a push to end episodes early
+The default is the logit: at the optimal discriminator d = log(rho_E / rho_pi), so the policy's return
+is -KL(rho_pi || rho_E) (Fu et al. 2018; Ghasemipour et al. 2019), and its sign is set by the data,
+not by the form, so neither surviving nor ending an episode is rewarded for its own sake.
+
+What this implementation adds:
+- ``--generator sac`` (default for continuous actions): off-policy, as in DAC. The discriminator's
+  policy samples come from the replay buffer of all past policies; the reward of each replayed
+  transition is recomputed from the current discriminator when it is sampled; SAC makes one update
+  per env step. ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; the
+  only choice for discrete actions.
+- Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z d(z)||_2 - 1)^2] on
+  z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1), over the discriminator's standardized inputs. Pairs
+  with an absorbing state are left out: s_abs lies close to expert states in z (zeros and a flag),
+  so the penalty would hold d(s_abs) near the expert's logits and ending an episode would pay more
+  than a typical policy step (seen on CartPole: the policy learned to fall at once).
+- Absorbing states (DAC), for envs whose episodes terminate (Hopper, Walker2d, Ant, CartPole):
+  every state is augmented with a flag, s -> [s, 0]; a terminating transition (s, a, s') is stored
+  as (s, a, s_abs) with s_abs = [0, ..., 0, 1], followed by (s_abs, 0, s_abs). Both expert and policy
+  data get them. The discriminator scores s_abs like any state (its action is zeroed: the absorbing
+  state has one action), so the reward of ending an episode is learned; values are bootstrapped
+  through s_abs, never masked: SAC's target uses Q(s_abs, 0) with no entropy term, and PPO uses
+  V(s_abs) = r(s_abs) / (1 - gamma), its exact value. Time-limit ends are not terminations.
+  ``--no-absorbing`` masks terminal values instead (plain RL), which lets the reward's sign decide
+  whether the agent wants to survive.
+- Discriminator inputs are standardized with the expert data's statistics; the true env reward is
+  never stored or seen by the agent (evaluation alone reads it).
+
+Run: python cleanil/gail.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cleanil import utils
+
+
+@dataclass
+class Args:
+    # ---- common to every cleanil algorithm
+    env: str = "Pendulum"
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    seed: int = 0
+    """random seed for torch, numpy, the environment and the evaluation episodes"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu or cuda"""
+    total_steps: int = 100_000
+    """environment steps of interaction"""
+    num_demos: int = 10
+    """expert episodes to imitate"""
+    demos: str | None = None
+    """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
+    eval_every: int = 10_000
+    """evaluate the policy every this many env steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    track: bool = False
+    """log to Weights & Biases (offline unless a login or WANDB_MODE says otherwise)"""
+    wandb_project: str = "cleanil"
+    """wandb project name"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user); None uses your default"""
+    compile: bool = False
+    """compile the generator's update step with torch.compile"""
+    save_model: bool = True
+    """save the policy to runs/<run>/model.pt and the discriminator to runs/<run>/discriminator.pt"""
+    run_dir: str = "runs"
+    """folder under which each run gets its own directory"""
+    # ---- GAIL
+    generator: Literal["sac", "ppo"] | None = None
+    """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
+    reward: Literal["logit", "gail", "log_d"] = "logit"
+    """policy reward from the discriminator: logit = log D - log(1 - D), gail = -log(1 - D), log_d = log D"""
+    absorbing: bool = True
+    """absorbing states for terminating episodes, as in DAC (--no-absorbing masks terminal values)"""
+    gp_weight: float = 10.0
+    """weight lambda of the discriminator's gradient penalty (0 switches it off)"""
+    disc_hidden: tuple[int, ...] = (100, 100)
+    """hidden layer sizes of the discriminator (tanh units)"""
+    disc_lr: float = 3e-4
+    """discriminator learning rate"""
+    disc_updates: int | None = None
+    """discriminator updates per SAC update (sac) or per rollout (ppo); None: 1 (sac) or 10 (ppo)"""
+    disc_batch_size: int = 256
+    """policy samples per discriminator update (and as many expert samples)"""
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer sizes of the actor and critics"""
+    lr: float = 3e-4
+    """learning rate of the actor and critics"""
+    gamma: float = 0.99
+    """discount factor"""
+    batch_size: int = 256
+    """SAC minibatch, or PPO minibatch"""
+    # ---- SAC generator
+    buffer_size: int = 1_000_000
+    """replay capacity"""
+    learning_starts: int = 5_000
+    """env steps of random actions before updates start"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    log_every: int = 1_000
+    """log losses every this many env steps"""
+    # ---- PPO generator
+    num_envs: int = 8
+    """parallel envs"""
+    num_steps: int = 128
+    """steps per env per rollout"""
+    update_epochs: int = 10
+    """optimization epochs per rollout"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    clip_coef: float = 0.2
+    """policy ratio clip"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """gradient clipping"""
+    anneal_lr: bool = True
+    """decay the PPO learning rate linearly to 0 over the run"""
+
+
+# ----------------------------------------------------------------------------- discriminator
+class Discriminator(nn.Module):
+    """Logit d(x) of D = P(expert | s, a), x = [s, flag, a]; inputs standardized with expert statistics."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.norm, self.net = utils.Normalizer(in_dim), utils.mlp(in_dim, 1, hidden, nn.Tanh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(x)).squeeze(-1)
+
+
+def disc_input(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """[s, flag, a] with the action zeroed in the absorbing state (flag = 1): it has a single action."""
+    return torch.cat([obs, act * (1 - obs[..., -1:])], -1)
+
+
+def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
+                   absorbing: bool) -> dict[str, np.ndarray]:  # fmt: skip
+    """Transitions over flag-augmented states, s -> [s, 0]. With ``absorbing``, a terminated (s, a, s')
+    becomes (s, a, s_abs) and is followed by (s_abs, 0, s_abs), and every row bootstraps (mask 1);
+    without, terminated rows are masked (mask 0). ``act`` is (n, k): action vectors or one-hots."""
+    flag = np.zeros((len(obs), 1), np.float32)
+    o, o2 = np.concatenate([obs, flag], 1).astype(np.float32), np.concatenate([next_obs, flag], 1).astype(np.float32)
+    a, term = act.astype(np.float32), terminated.astype(bool)
+    mask = np.ones(len(o), np.float32) if absorbing else (~term).astype(np.float32)
+    if absorbing and term.any():
+        s_abs = np.zeros((int(term.sum()), o.shape[1]), np.float32)
+        s_abs[:, -1] = 1
+        o2[term] = s_abs[0]
+        o, o2 = np.concatenate([o, s_abs]), np.concatenate([o2, s_abs])
+        a, mask = np.concatenate([a, np.zeros((len(s_abs), a.shape[1]), np.float32)]), np.ones(len(o), np.float32)
+    return {"obs": o, "act": a, "next_obs": o2, "mask": mask}
+
+
+# ----------------------------------------------------------------------------- losses
+def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor, expert_w: torch.Tensor | None = None,
+                       policy_w: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Binary cross-entropy, expert = 1, policy = 0: -E_E[log D] - E_pi[log(1 - D)]
+    = E_E[softplus(-d)] + E_pi[softplus(d)], each expectation a mean weighted by ``*_w`` if given."""
+    expert_w = torch.ones_like(expert_logits) if expert_w is None else expert_w
+    policy_w = torch.ones_like(policy_logits) if policy_w is None else policy_w
+    return (expert_w * F.softplus(-expert_logits)).sum() / expert_w.sum() + (
+        policy_w * F.softplus(policy_logits)
+    ).sum() / policy_w.sum()
+
+
+def gradient_penalty(net: nn.Module, z_expert: torch.Tensor, z_policy: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """E[(||grad_z net(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
+    over the pairs with ``keep`` = 1 (all by default)."""
+    eps = torch.rand(len(z_expert), 1, device=z_expert.device)
+    z = (eps * z_expert + (1 - eps) * z_policy).requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(z).sum(), z, create_graph=True)
+    keep = torch.ones(len(z), device=z.device) if keep is None else keep
+    return ((grad.norm(dim=-1) - 1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
+
+
+def policy_reward(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """logit: log D - log(1 - D) = d;  gail: -log(1 - D) = softplus(d);  log_d: log D = -softplus(-d)."""
+    if kind == "logit":
+        return logits
+    if kind == "gail":
+        return F.softplus(logits)
+    return -F.softplus(-logits)
+
+
+def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.Tensor, actor: nn.Module,
+                      targets: nn.ModuleList, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
+    """y = r + gamma * mask * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
+    in the absorbing state a' = 0 with no entropy term (a single action)."""
+    with torch.no_grad():
+        live = 1 - next_obs[:, -1:]
+        a2, logp2 = actor.sample(next_obs[:, :-1])
+        a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
+        q_next = torch.min(targets[0](next_obs, a2), targets[1](next_obs, a2)) - alpha * logp2
+        return reward + gamma * mask * q_next
+
+
+# ----------------------------------------------------------------------------- generators
+def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
+              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+    """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards."""
+    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+    actor = actor.to(device)
+    critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+    targets = copy.deepcopy(critics).requires_grad_(False)
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    fused = device.type == "cpu" or None
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=fused)
+    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr, fused=fused)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+
+    def update(b: dict) -> dict:
+        alpha = log_alpha.exp().detach()
+        with torch.no_grad():  # the reward of every replayed transition, from the current discriminator
+            reward = policy_reward(disc(disc_input(b["obs"], b["act"])), args.reward)
+        y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
+        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
+        live = 1 - b["obs"][:, -1]
+        a, logp = actor.sample(b["obs"][:, :-1])
+        q = torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))
+        actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()
+        # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
+        alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1)
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+        with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
+            torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
+        return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
+                "reward_mean": reward.mean(), "replay/absorbing_share": b["obs"][:, -1].mean()}  # fmt: skip
+
+    update = utils.maybe_compile(update, args.compile)
+    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    env = utils.make_vec_env(spec.env_id, 1)
+    env.single_action_space.seed(args.seed)
+    obs = env.reset(seed=args.seed)[0]
+    bar, metrics = utils.progress(args.total_steps, "gail-sac"), {}
+    for step in range(1, args.total_steps + 1):
+        if step <= args.learning_starts:
+            action = np.array([env.single_action_space.sample()])
+        else:
+            with torch.no_grad():
+                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+        next_obs, _, term, _, info = env.step(action)  # the true reward is not kept
+        rb.extend(utils.to_tensordict(with_absorbing(obs, action, utils.true_next_obs(next_obs, info), term,
+                                                     args.absorbing), device))  # fmt: skip
+        obs = next_obs
+        bar.update(1)
+        if step > args.learning_starts:
+            b = rb.sample()
+            for i in range(args.disc_updates or 1):
+                d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
+                disc_metrics = update_disc(d["obs"], d["act"])
+            metrics = update(b) | disc_metrics
+        if step % args.log_every == 0 and metrics:
+            logger.log(step, metrics, env_steps=step)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            logger.log(step, evaluation, env_steps=step)
+    bar.close()
+    return actor, evaluation
+
+
+def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
+              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+    """On-policy generator: roll out, update the discriminator on the rollout, relabel it, PPO epochs."""
+    actor = utils.make_actor(spec, args.hidden).to(device)
+    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+    params = list(actor.parameters()) + list(critic.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    envs = utils.make_vec_env(spec.env_id, args.num_envs)
+    obs = envs.reset(seed=args.seed)[0]
+    n, T = args.num_envs, args.num_steps
+    s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
+    s_abs[0, -1] = 1
+    a_abs = torch.zeros(1, spec.act_dim, device=device)
+
+    def log_prob(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s); continuous actions are stored as pre-tanh samples u."""
+        if spec.discrete:
+            return torch.distributions.Categorical(logits=actor(o)).log_prob(a.long())
+        mean, log_std = actor(o)
+        return actor.log_prob_of_pre_tanh(a, mean, log_std)
+
+    def update(o: torch.Tensor, a: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, ret: torch.Tensor) -> dict:
+        ratio = (log_prob(o, a) - logp_old).exp()
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # L_clip = -E[min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)],  L_V = 0.5 E[(V(s) - R)^2]
+        pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef) * adv).mean()
+        v_loss = 0.5 * (critic(o).squeeze(-1) - ret).pow(2).mean()
+        optimizer.zero_grad()
+        (pg_loss + args.vf_coef * v_loss).backward()
+        nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
+
+    update = utils.maybe_compile(update, args.compile)
+    bar, step, next_eval = utils.progress(args.total_steps, "gail-ppo"), 0, args.eval_every
+    while step < args.total_steps:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
+        rows: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "next_obs", "term", "trunc")}
+        for _ in range(T):
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            with torch.no_grad():
+                if spec.discrete:
+                    a = torch.distributions.Categorical(logits=actor(o)).sample()
+                    env_action = a.cpu().numpy()
+                else:
+                    mean, log_std = actor(o)
+                    a = mean + log_std.exp() * torch.randn_like(mean)
+                    env_action = (actor.bias + actor.scale * torch.tanh(a)).cpu().numpy()
+                logp = log_prob(o, a)
+            next_obs, _, term, trunc, info = envs.step(env_action)  # the true reward is not kept
+            for k, v in zip(rows, (obs, a.cpu().numpy(), logp.cpu().numpy(), utils.true_next_obs(next_obs, info),
+                                   term, trunc & ~term), strict=True):  # fmt: skip
+                rows[k].append(v)
+            obs = next_obs
+        step += n * T
+        bar.update(n * T)
+        r = {k: np.stack(v).reshape(T * n, *np.shape(v[0])[1:]) for k, v in rows.items()}  # time-major rows
+        act_vec = np.eye(spec.act_dim, dtype=np.float32)[r["act"]] if spec.discrete else np.tanh(r["act"])
+        if not spec.discrete:  # the discriminator sees the env's action a = bias + scale tanh(u)
+            act_vec = spec.action_low + (spec.action_high - spec.action_low) * (act_vec + 1) / 2
+        # discriminator on this rollout's transitions (with absorbing rows), then relabel the rollout
+        d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
+        for _ in range(args.disc_updates or 10):
+            idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
+            disc_metrics = update_disc(d["obs"][idx], d["act"][idx])
+        tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
+        o, o2 = tensors["obs"].float(), tensors["next_obs"].float()
+        flag = torch.zeros(T * n, 1, device=device)
+        with torch.no_grad():
+            reward = policy_reward(disc(disc_input(torch.cat([o, flag], 1), torch.as_tensor(act_vec, device=device))),
+                                   args.reward).view(T, n)  # fmt: skip
+            r_abs = policy_reward(disc(disc_input(s_abs, a_abs)), args.reward)
+            value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
+        # next-state value: V(s') after a time-limit end or a step; r(s_abs) / (1 - gamma) or 0 after termination
+        term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
+        v_end = r_abs / (1 - args.gamma) if args.absorbing else torch.zeros_like(r_abs)
+        next_value = (1 - term) * next_value + term * v_end
+        # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+        done, adv, last = torch.maximum(term, trunc), torch.zeros(T, n, device=device), torch.zeros(n, device=device)
+        delta = reward + args.gamma * next_value - value
+        for t in reversed(range(T)):
+            last = delta[t] + args.gamma * args.gae_lambda * (1 - done[t]) * last
+            adv[t] = last
+        ret = (adv + value).flatten()
+        a_t, logp_t, adv = tensors["act"], tensors["logp"], adv.flatten()
+        for _ in range(args.update_epochs):
+            for idx in torch.randperm(T * n, device=device).split(args.batch_size):
+                metrics = update(o[idx], a_t[idx], logp_t[idx], adv[idx], ret[idx])
+        metrics |= disc_metrics | {"reward_mean": reward.mean(), "reward_absorbing": r_abs.squeeze()}
+        logger.log(step, metrics, env_steps=step)
+        if step >= next_eval or step >= args.total_steps:
+            next_eval += args.eval_every
+            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            logger.log(step, evaluation, env_steps=step)
+    bar.close()
+    return actor, evaluation
+
+
+# ----------------------------------------------------------------------------- main
+def main(args: Args) -> dict:
+    env_id = utils.resolve_env_id(args.env)
+    spec = utils.env_spec(env_id)
+    device = utils.get_device(args.device)
+    generator = args.generator or ("ppo" if spec.discrete else "sac")
+    if generator == "sac" and spec.discrete:
+        raise utils.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
+    utils.set_seed(args.seed)
+    demos = utils.load_demos(env_id, args.num_demos, args.demos)
+
+    # expert data with absorbing rows; actions as vectors (one-hot for discrete actions)
+    act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
+    expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
+    expert_x = disc_input(torch.as_tensor(expert["obs"], device=device), torch.as_tensor(expert["act"], device=device))
+    disc = Discriminator(expert_x.shape[1], args.disc_hidden).to(device)
+    disc.norm.mean.copy_(expert_x.mean(0))
+    disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
+    disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=args.disc_lr)
+
+    def update_disc(policy_obs: torch.Tensor, policy_act: torch.Tensor) -> dict:
+        """One step on -E_E[log D] - E_pi[log(1 - D)] + lambda GP, with as many expert as policy samples."""
+        z_pi = disc.norm(disc_input(policy_obs, policy_act))
+        e = expert_x[torch.randint(len(expert_x), (len(z_pi),), device=device)]
+        z_e = disc.norm(e)
+        logit_e, logit_pi = disc.net(z_e).squeeze(-1), disc.net(z_pi).squeeze(-1)
+        flag_e, flag_pi = e[:, spec.obs_dim], policy_obs[:, -1]
+        w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
+        loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * flag_e, 1 + w_abs * flag_pi)
+        keep = (1 - flag_e) * (1 - flag_pi)  # pairs away from the absorbing state
+        gp = gradient_penalty(disc.net, z_e, z_pi, keep) if args.gp_weight > 0 else torch.zeros((), device=device)
+        disc_opt.zero_grad()
+        (loss + args.gp_weight * gp).backward()
+        disc_opt.step()
+        accuracy = ((logit_e > 0).float().mean() + (logit_pi < 0).float().mean()) / 2
+        return {"losses/discriminator": loss.detach(), "losses/gradient_penalty": gp.detach(),
+                "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
+                "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
+
+    logger = utils.RunLogger(args, f"gail_{generator}", env_id)
+    actor, final = (train_sac if generator == "sac" else train_ppo)(args, spec, device, disc, update_disc, logger)
+    if args.save_model:
+        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="gail")
+        blob = {"state_dict": disc.state_dict(), "hidden": list(args.disc_hidden), "reward": args.reward,
+                "absorbing": args.absorbing}  # fmt: skip
+        utils.atomic_torch_save(blob, logger.dir / "discriminator.pt")
+    logger.close()
+    return final
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "gail")

@@ -1,0 +1,106 @@
+"""AIRL: the logit formula, the shaped reward net, log pi of stored actions, CLI smoke runs, reward
+transfer and bad input. Losses, gradient penalty and absorbing states shared with GAIL are tested
+in test_gail.py for both files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import only_run_dir, read_metrics, run_cli
+
+from cleanil import airl, utils
+
+
+def test_airl_logit_is_log_odds_of_d():
+    f, pi = torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.5, 0.25, 0.9])
+    d = f.exp() / (f.exp() + pi)  # D = exp(f) / (exp(f) + pi(a|s))
+    assert airl.airl_logit(f, pi.log()).tolist() == pytest.approx((d.log() - (1 - d).log()).tolist(), rel=1e-5)
+    assert airl.airl_logit(torch.tensor([1.0]), torch.tensor([math.log(0.5)])).item() == pytest.approx(1 + math.log(2))
+
+
+@pytest.mark.parametrize("state_only", [False, True])
+def test_reward_net_is_g_plus_shaping(state_only):
+    torch.manual_seed(0)
+    net = airl.RewardNet(3, 2, (8,), state_only, gamma=0.9)
+    obs, next_obs = torch.randn(5, 3), torch.randn(5, 3)
+    obs[:, -1], next_obs[:, -1] = 0, 0
+    act, mask = torch.randn(5, 2), torch.tensor([1.0, 1, 0, 1, 0])
+    z = net.z(obs, act, next_obs)
+    g = net.g(torch.cat([obs] if state_only else [obs, act], -1)).squeeze(-1)  # identity normalizers
+    h = lambda s: net.h(s).squeeze(-1)  # noqa: E731
+    expected = g + 0.9 * mask * h(next_obs) - h(obs)  # f = g + gamma mask h(s') - h(s)
+    assert torch.allclose(net.f_of_z(z, mask), expected, atol=1e-6)
+    assert torch.allclose(net.reward(obs, act), g, atol=1e-6)
+    other = net.reward(obs, torch.randn(5, 2))
+    assert torch.allclose(other, g) == state_only  # g(s) ignores the action
+    s_abs = torch.tensor([[0.0, 0.0, 1.0]])  # the absorbing state's action is zeroed
+    assert torch.equal(net.z(s_abs, torch.ones(1, 2), s_abs), net.z(s_abs, -torch.ones(1, 2), s_abs))
+
+
+def test_log_pi_of_stored_actions():
+    torch.manual_seed(0)
+    actor = utils.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
+    obs = torch.randn(6, 2)
+    a, logp = actor.sample(obs)
+    aug = torch.cat([obs, torch.zeros(6, 1)], 1)
+    assert torch.allclose(airl.log_pi(actor, aug, a, discrete=False), logp, atol=1e-3)
+    aug[0, -1] = 1  # the absorbing state has a single action: log pi = 0
+    assert airl.log_pi(actor, aug, a, discrete=False)[0].item() == 0.0
+    cat = utils.CategoricalActor(2, 3, (16,))
+    onehot = torch.eye(3)[torch.tensor([0, 2, 1, 1, 0, 2])]
+    expected = torch.log_softmax(cat(obs), -1)[torch.arange(6), torch.tensor([0, 2, 1, 1, 0, 2])]
+    assert torch.allclose(airl.log_pi(cat, aug, onehot, discrete=True)[1:], expected[1:])
+
+
+TINY = ("--num-demos", "2", "--eval-episodes", "2", "--hidden", "32", "32", "--disc-hidden", "16", "16")
+SAC_TINY = ("--total-steps", "600", "--learning-starts", "300", "--eval-every", "600", "--log-every", "100",
+            "--batch-size", "64")  # fmt: skip
+
+
+def test_sac_smoke_then_reward_transfer(tmp_path):
+    res = run_cli("cleanil/airl.py", "--env", "Hopper", "--state-only", "--run-dir", str(tmp_path / "airl"),
+                  *SAC_TINY, *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = only_run_dir(tmp_path / "airl")
+    losses = [r for r in read_metrics(run) if "losses/discriminator" in r]
+    assert [r["global_step"] for r in losses] == [400, 500, 600]
+    assert all(np.isfinite(r["losses/critic"]) and np.isfinite(r["losses/gradient_penalty"]) for r in losses)
+    assert max(r["replay/absorbing_share"] for r in losses) > 0
+    assert (run / "model.pt").exists() and (run / "reward.pt").exists()
+    # a fresh SAC on the saved reward: it learns (updates run) without any discriminator
+    res = run_cli("cleanil/airl.py", "--env", "Hopper", "--reward-from", str(run / "reward.pt"),
+                  "--run-dir", str(tmp_path / "transfer"), *SAC_TINY, *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = read_metrics(only_run_dir(tmp_path / "transfer"))
+    assert [r["global_step"] for r in rows if "losses/critic" in r] == [400, 500, 600]
+    assert not any("losses/discriminator" in r for r in rows)
+    assert "eval/normalized_return" in rows[-1]
+
+
+@pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
+def test_ppo_generator_smoke(tmp_path, env):
+    res = run_cli("cleanil/airl.py", "--env", env, "--generator", "ppo", "--total-steps", "512", "--num-envs", "4",
+                  "--num-steps", "64", "--update-epochs", "2", "--eval-every", "512", "--run-dir", str(tmp_path),
+                  *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = read_metrics(only_run_dir(tmp_path))
+    assert [r["global_step"] for r in rows if "losses/policy" in r] == [256, 512]
+    assert all(np.isfinite(r["losses/discriminator"]) for r in rows if "losses/policy" in r)
+    assert "eval/return" in rows[-1]
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    cases = [
+        (("--env", "CartPole", "--generator", "sac"), "--generator sac needs continuous actions"),
+        (("--env", "Pendulum", "--reward-from", str(tmp_path / "nope.pt")), "nope.pt: no such file"),
+        (("--env", "CartPole", "--reward-from", str(tmp_path / "nope.pt")), "--reward-from trains SAC"),
+    ]
+    for flags, message in cases:
+        res = run_cli("cleanil/airl.py", *flags, "--run-dir", str(tmp_path / "runs"))
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "runs").exists()
