@@ -1,0 +1,304 @@
+"""IQ-Learn: inverse soft-Q learning for imitation, online or offline, discrete or continuous actions.
+
+Garg, Chakraborty, Cundy, Song, Geist & Ermon (2021), "IQ-Learn: Inverse soft-Q Learning for
+Imitation", NeurIPS, https://arxiv.org/abs/2106.12142.
+
+One soft Q-function stands for both the reward and the policy. With V^pi(s) = E_{a~pi}[Q(s, a) -
+alpha log pi(a|s)] and the implied reward r(s, a) = Q(s, a) - gamma E_{s'}[V^pi(s')], IQ-Learn
+maximizes over Q, for the chi-squared divergence (phi(x) = x - x^2 / (4 a), a = --chi-alpha):
+
+    J(Q) = E_{rho_E}[ Q(s, a) - gamma V(s') ] - (value term) - 1 / (4 a) E[ (Q(s, a) - gamma V(s'))^2 ]
+
+with V(s') masked at terminations. The value term is one of (``--value-loss``):
+    value: E_{rho}[ V(s) - gamma V(s') ]   over the batch (expert and policy samples online,
+           expert samples offline): a telescoped, lower-variance estimate of (1 - gamma) E[V(s0)]
+    v0:    (1 - gamma) E_{s0}[ V(s0) ]     with the batch's expert states standing in for the
+           initial-state distribution, as in the authors' code
+The chi-squared term is taken over expert samples offline and over the whole batch online (the
+authors' "regularize" setting for online runs).
+
+- Discrete actions: Q is a network with one output per action; V(s) = alpha logsumexp(Q(s, .) / alpha)
+  and pi = softmax(Q / alpha): there is no separate policy.
+- Continuous actions: twin soft Q-networks (each trained on the loss, V from their minimum) and a
+  tanh-Gaussian actor updated as in SAC, min E[alpha log pi(a|s) - min_j Q_j(s, a)], at a fixed
+  temperature alpha (--init-temp; a learned temperature is optional and reported unstable by the
+  authors). Per-env defaults (value loss, alpha, actor lr) are in configs/iqlearn/.
+- Online (default): every env step adds a policy transition to a replay buffer, and each update
+  mixes half expert and half policy samples. Offline (--offline): expert data only, no env steps.
+- V(s') uses Polyak-averaged target networks (--use-target).
+- The recovered reward r = Q(s, a) - gamma V(s') is scored against the env's true reward on
+  held-out expert transitions (Pearson correlation, logged as reward/pearson_heldout); the Q
+  network(s) and actor are saved to runs/<run>/reward.pt, from which r can be recomputed.
+
+Run: python cleanil/iqlearn.py --env CartPole --offline --num-demos 1  (normalized ~1.0 in under a minute)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cleanil import utils
+
+
+@dataclass
+class Args:
+    # ---- common to every cleanil algorithm
+    env: str = "CartPole"
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    seed: int = 0
+    """random seed for torch, numpy, the environment and the evaluation episodes"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu or cuda"""
+    total_steps: int = 100_000
+    """environment steps (online) or gradient updates (offline)"""
+    num_demos: int = 10
+    """expert episodes to imitate"""
+    demos: str | None = None
+    """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
+    eval_every: int = 5_000
+    """evaluate the policy every this many steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    track: bool = False
+    """log to Weights & Biases (offline unless a login or WANDB_MODE says otherwise)"""
+    wandb_project: str = "cleanil"
+    """wandb project name"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user); None uses your default"""
+    compile: bool = False
+    """compile the update step with torch.compile"""
+    save_model: bool = True
+    """save the policy to runs/<run>/model.pt and the Q network(s) to runs/<run>/reward.pt"""
+    run_dir: str = "runs"
+    """folder under which each run gets its own directory"""
+    # ---- IQ-Learn
+    offline: bool = False
+    """learn from the expert data alone, without env interaction"""
+    value_loss: Literal["value", "v0"] = "value"
+    """value term: value = E[V(s) - gamma V(s')] over the batch; v0 = (1 - gamma) E[V(s0)]"""
+    chi_alpha: float = 0.5
+    """a in the chi-squared regularizer 1 / (4 a) E[(Q - gamma V')^2]"""
+    init_temp: float = 0.01
+    """entropy temperature alpha of the soft Q-function and policy"""
+    learn_temp: bool = False
+    """learn alpha toward the target entropy -dim(A) (continuous actions only; reported unstable)"""
+    critic_lr: float = 3e-4
+    """learning rate of the Q network(s)"""
+    actor_lr: float = 3e-5
+    """learning rate of the actor (continuous actions)"""
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer sizes of every network"""
+    gamma: float = 0.99
+    """discount factor"""
+    batch_size: int = 256
+    """minibatch size (online: half expert, half policy)"""
+    use_target: bool = True
+    """compute V(s') with Polyak-averaged target Q network(s)"""
+    tau: float = 0.005
+    """Polyak rate of the target network(s)"""
+    buffer_size: int = 1_000_000
+    """replay capacity (online)"""
+    learning_starts: int = 5_000
+    """online: env steps of random actions before updates start"""
+    heldout_demos: int = 5
+    """extra expert episodes held out to score the recovered reward"""
+    log_every: int = 1_000
+    """log losses every this many steps"""
+
+
+# ----------------------------------------------------------------------------- losses
+def iq_loss(
+    q: torch.Tensor,
+    v: torch.Tensor,
+    next_v: torch.Tensor,
+    done: torch.Tensor,
+    is_expert: torch.Tensor,
+    gamma: float,
+    value_loss: str,
+    chi_alpha: float,
+    regularize_all: bool,
+) -> tuple[torch.Tensor, dict]:
+    """-J(Q) on a batch of Q(s, a), V(s), V(s'), termination flags and expert flags (1 = expert row).
+
+    r = Q(s, a) - gamma (1 - done) V(s')                               implied reward
+    loss = -E_E[r] + value term + 1 / (4 a) E_{E or all}[r^2]
+    value term: E_all[V(s) - gamma (1 - done) V(s')] ("value") or (1 - gamma) E_E[V(s)] ("v0")
+    """
+    y = gamma * (1 - done) * next_v
+    r = q - y
+    e = is_expert / is_expert.sum().clamp_min(1)  # weights of a mean over expert rows
+    softq = -(r * e).sum()
+    value = (v - y).mean() if value_loss == "value" else (1 - gamma) * (v * e).sum()
+    chi2 = (r**2).mean() if regularize_all else (r**2 * e).sum()
+    chi2 = chi2 / (4 * chi_alpha)
+    return softq + value + chi2, {"losses/softq": softq.detach(), "losses/value": value.detach(),
+                                  "losses/chi2": chi2.detach(), "expert_reward": (r * e).sum().detach()}  # fmt: skip
+
+
+def soft_value_discrete(q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """V(s) = alpha logsumexp_a(Q(s, a) / alpha), the soft maximum (pi = softmax(Q / alpha))."""
+    return alpha * torch.logsumexp(q / alpha, dim=-1)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; 0 if either side is constant."""
+    sx, sy = x.std(), y.std()
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 0 and sy > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- main
+def main(args: Args) -> dict:
+    env_id = utils.resolve_env_id(args.env)
+    spec = utils.env_spec(env_id)
+    device = utils.get_device(args.device)
+    if args.learn_temp and spec.discrete:
+        raise utils.CleanILError("--learn-temp applies to continuous actions only")
+    if args.heldout_demos < 1 or args.num_demos < 1:
+        raise utils.CleanILError("--num-demos and --heldout-demos must be at least 1")
+    utils.set_seed(args.seed)
+    demos = utils.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
+    # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
+    cut = np.flatnonzero(demos["terminated"] | demos["truncated"])[args.num_demos - 1] + 1
+
+    def tensors(lo: int, hi: int | None) -> dict[str, torch.Tensor]:
+        t = {k: torch.as_tensor(np.asarray(demos[k][lo:hi]), device=device) for k in utils.DEMO_KEYS}
+        t = {k: v.float() for k, v in t.items()} | {"actions": t["actions"] if spec.discrete else t["actions"].float()}
+        return {"obs": t["obs"], "act": t["actions"], "next_obs": t["next_obs"], "done": t["terminated"],
+                "rew": t["rewards"]}  # fmt: skip
+
+    expert, heldout = tensors(0, cut), tensors(cut, None)
+    obs_mean, obs_std = expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3)
+
+    # ---- networks: Q (one output per action) or twin Q(s, a) with a tanh-Gaussian actor
+    if spec.discrete:
+        q_net = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
+        q_net.norm.mean.copy_(obs_mean)
+        q_net.norm.std.copy_(obs_std)
+        critics, actor = nn.ModuleList([q_net]), q_net
+    else:
+        critics = nn.ModuleList([utils.QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+        actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+        actor = actor.to(device)
+    targets = copy.deepcopy(critics).requires_grad_(False)
+    log_alpha = torch.tensor([np.log(args.init_temp)], dtype=torch.float32, device=device, requires_grad=True)
+    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.critic_lr)
+    actor_opt = None if spec.discrete else torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.critic_lr) if args.learn_temp else None
+
+    def q_values(nets: nn.ModuleList, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
+        if spec.discrete:
+            return [nets[0](obs).gather(-1, act.long().unsqueeze(-1)).squeeze(-1)]
+        return [c(obs, act) for c in nets]
+
+    def value(nets: nn.ModuleList, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """V(s): alpha logsumexp(Q / alpha) (discrete) or min_j Q_j(s, a) - alpha log pi(a|s), a ~ pi (continuous)."""
+        if spec.discrete:
+            return soft_value_discrete(nets[0](obs), alpha)
+        with torch.no_grad():
+            a, logp = actor.sample(obs)
+        return torch.min(nets[0](obs, a), nets[1](obs, a)) - alpha * logp
+
+    def update(b: dict) -> dict:
+        alpha = log_alpha.exp().detach()
+        with torch.no_grad() if args.use_target else torch.enable_grad():
+            next_v = value(targets if args.use_target else critics, b["next_obs"], alpha)
+        v = value(critics, b["obs"], alpha)
+        losses = [iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss, args.chi_alpha,
+                          not args.offline) for q in q_values(critics, b["obs"], b["act"])]  # fmt: skip
+        loss = sum(twin_loss for twin_loss, _ in losses) / len(losses)  # each twin trained on its own loss
+        critic_opt.zero_grad()
+        loss.backward()
+        critic_opt.step()
+        metrics = losses[0][1] | {"losses/iq": loss.detach()}
+        if not spec.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
+            a, logp = actor.sample(b["obs"])
+            actor_loss = (alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))).mean()
+            actor_opt.zero_grad()
+            actor_loss.backward()
+            actor_opt.step()
+            metrics["losses/actor"] = actor_loss.detach()
+            if alpha_opt is not None:  # temperature: min E[-alpha (log pi - dim(A))]
+                alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim)).mean()
+                alpha_opt.zero_grad()
+                alpha_loss.backward()
+                alpha_opt.step()
+        with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
+            torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
+        return metrics | {"alpha": alpha}
+
+    update = utils.maybe_compile(update, args.compile)
+
+    @torch.no_grad()
+    def recovered_reward(b: dict) -> np.ndarray:
+        """r(s, a) = Q(s, a) - gamma (1 - done) V(s'), from the online networks (the min of twin Qs)."""
+        alpha = log_alpha.exp()
+        q = torch.min(torch.stack(q_values(critics, b["obs"], b["act"])), 0).values
+        return (q - args.gamma * (1 - b["done"]) * value(critics, b["next_obs"], alpha)).cpu().numpy()
+
+    def evaluate(step: int) -> dict:
+        policy = utils.numpy_policy(actor, device)
+        metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
+        metrics["reward/pearson_heldout"] = pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())
+        logger.log(step, metrics, env_steps=0 if args.offline else step)
+        return metrics
+
+    def sample(rows: dict, n: int) -> dict:
+        idx = torch.randint(len(rows["obs"]), (n,), device=device)
+        return {k: rows[k][idx] for k in ("obs", "act", "next_obs", "done")}
+
+    logger = utils.RunLogger(args, "iqlearn_offline" if args.offline else "iqlearn", env_id)
+    bar, metrics, final = utils.progress(args.total_steps, "iqlearn"), {}, {}
+    if not args.offline:
+        rb = utils.make_replay_buffer(args.buffer_size, args.batch_size // 2, device)
+        env = utils.make_vec_env(env_id, 1)
+        env.single_action_space.seed(args.seed)
+        obs = env.reset(seed=args.seed)[0]
+    for step in range(1, args.total_steps + 1):
+        if not args.offline:  # one env step with the current policy (no reward stored)
+            if step <= args.learning_starts:
+                action = np.array([env.single_action_space.sample()])
+            else:
+                with torch.no_grad():
+                    o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                    if spec.discrete:  # pi = softmax(Q / alpha)
+                        action = torch.distributions.Categorical(logits=actor(o) / log_alpha.exp()).sample()
+                    else:
+                        action = actor.sample(o)[0]
+                    action = action.cpu().numpy()
+            next_obs, _, term, _, info = env.step(action)
+            rb.extend(utils.to_tensordict({"obs": obs.astype(np.float32), "act": action,
+                                           "next_obs": utils.true_next_obs(next_obs, info).astype(np.float32),
+                                           "done": term.astype(np.float32)}, device))  # fmt: skip
+            obs = next_obs
+        bar.update(1)
+        if args.offline or step > args.learning_starts:
+            if args.offline:
+                b = sample(expert, args.batch_size) | {"is_expert": torch.ones(args.batch_size, device=device)}
+            else:  # half expert, half policy
+                e, p = sample(expert, args.batch_size // 2), rb.sample()
+                b = {k: torch.cat([e[k], p[k].to(e[k].dtype)]) for k in e}
+                b["is_expert"] = torch.cat([torch.ones(len(e["obs"])), torch.zeros(len(p["obs"]))]).to(device)
+            metrics = update(b)
+        if step % args.log_every == 0 and metrics:
+            logger.log(step, metrics, env_steps=0 if args.offline else step)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            final = evaluate(step)
+    bar.close()
+
+    if args.save_model:
+        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="iqlearn")
+        blob = {"critics": critics.state_dict(), "actor": actor.state_dict(), "alpha": float(log_alpha.detach().exp()),
+                "gamma": args.gamma, "hidden": list(args.hidden), "env_id": env_id}  # fmt: skip
+        utils.atomic_torch_save(blob, logger.dir / "reward.pt")
+    logger.close()
+    return final
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "iqlearn")
