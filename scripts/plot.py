@@ -1,0 +1,152 @@
+"""Turn the benchmark records into benchmark_results/README.md (tables) and learning-curve PNGs.
+
+Reads every record that scripts/benchmark.py wrote under benchmark_results/records/<variant>/, where
+a variant is an algorithm or ``<algo>__<tag>``. For each (variant, env) it reports over seeds: the
+final normalized return (mean +- std), the area under the normalized learning curve (the curve's
+mean over training, trapezoidal in steps), the best, the budget (env steps, or gradient updates for
+algorithms without env interaction), demos, wall-clock and env steps/s. One PNG per env draws the
+normalized return against steps, one line per variant (mean over seeds, shaded min to max).
+
+Nothing here is computed from anything but the records, and the output is deterministic: running it
+on the committed records reproduces the committed README byte for byte.
+
+Run: python scripts/plot.py
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cleanil import utils
+
+
+@dataclass
+class Args:
+    records: str = "benchmark_results/records"
+    """folder of records written by scripts/benchmark.py"""
+    out_dir: str = "benchmark_results"
+    """where README.md and curves/<EnvId>.png are written"""
+    plots: bool = True
+    """draw the PNG learning curves (--no-plots writes the tables only)"""
+
+
+def load_records(root: Path) -> dict[tuple[str, str], list[dict]]:
+    """(variant, env) -> records sorted by seed."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            groups[(path.parent.name, rec["env"])].append(rec)
+        except (json.JSONDecodeError, KeyError) as e:
+            raise utils.CleanILError(f"benchmark record {path} is unreadable ({e})") from None
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(groups.items())}
+
+
+def x_of(rec: dict) -> tuple[np.ndarray, str]:
+    """The curve's x values: env steps if the run interacted with the env, else its own steps."""
+    if rec["env_steps"] > 0:
+        return np.array([c["env_steps"] for c in rec["curve"]], float), "env steps"
+    return np.array([c["step"] for c in rec["curve"]], float), "updates"
+
+
+def auc(rec: dict) -> float | None:
+    """Mean normalized return over training: trapezoidal area under the curve / its step range."""
+    x, _ = x_of(rec)
+    y = np.array([c["normalized_return"] for c in rec["curve"]], dtype=float)
+    if np.isnan(y).any() or len(y) == 0:
+        return None
+    if len(y) == 1 or x[-1] == x[0]:
+        return float(y[-1])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def mean_std(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    return f"{np.mean(vals):.3f} +- {np.std(vals):.3f}"
+
+
+def table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    lines = [
+        "| algorithm | env | seeds | demos | budget | final normalized | AUC normalized | best | wall-clock "
+        "| env steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (variant, env), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        _, unit = x_of(recs[0])
+        budget = max(r["env_steps"] if unit == "env steps" else r["steps"] for r in recs)
+        wall = float(np.mean([r["wall_clock_s"] for r in recs]))
+        rate = f"{np.mean([r['env_steps'] / r['wall_clock_s'] for r in recs]):.0f}" if unit == "env steps" else "-"
+        demos = sorted({r.get("num_demos") for r in recs}, key=str)
+        lines.append(
+            f"| {variant} | {env} | {','.join(str(r['seed']) for r in recs)} | {'/'.join(map(str, demos))} "
+            f"| {budget:,} {unit} | {mean_std([r['final_normalized_return'] for r in recs])} "
+            f"| {mean_std([auc(r) for r in recs])} | {mean_std([r['best_normalized_return'] for r in recs])} "
+            f"| {wall:.0f} s | {rate} |"
+        )
+    return lines
+
+
+def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (variant, e), recs in sorted(groups.items()):
+        if e != env or any(c["normalized_return"] is None for r in recs for c in r["curve"]):
+            continue
+        _, unit = x_of(recs[0])
+        grid = np.unique(np.concatenate([x_of(r)[0] for r in recs]))
+        ys = np.array([np.interp(grid, x_of(r)[0], [c["normalized_return"] for c in r["curve"]]) for r in recs])
+        (line,) = ax.plot(grid, ys.mean(0), label=f"{variant} ({len(recs)} seeds, x = {unit})")
+        ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set(title=env, xlabel="steps", ylabel="normalized return")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main(args: Args) -> None:
+    root, out = utils.REPO_ROOT / args.records, utils.REPO_ROOT / args.out_dir
+    groups = load_records(root)
+    if not groups:
+        raise utils.CleanILError(f"no benchmark records under {root}")
+    envs = sorted({env for _, env in groups})
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python scripts/plot.py` from the records in `records/`, each written by",
+        "`scripts/benchmark.py` with its command, seed, git revision, library versions and machine.",
+        "Normalized return = (return - random) / (expert - random) with the shipped expert's metadata;",
+        "final = the last evaluation; AUC = the mean normalized return over training (trapezoidal in",
+        "steps). Budgets are env steps, or gradient updates for runs without env interaction. Seeds",
+        "start at 1 (seed 0 is the development seed). mean +- std over seeds.",
+        "",
+        *table(groups),
+        "",
+        "## Learning curves",
+        "",
+        *[f"![{env}](curves/{env}.png)" for env in envs],
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'README.md'} ({len(groups)} algorithm x env rows)")
+    if args.plots:
+        for env in envs:
+            plot_env(env, groups, out / "curves" / f"{env}.png")
+        print(f"wrote {len(envs)} plots under {out / 'curves'}")
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "plot")
