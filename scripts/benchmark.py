@@ -8,6 +8,8 @@ library versions, machine, env steps, wall-clock, final and best normalized retu
 Benchmark seeds start at ``--first-seed`` (1 by default); development uses seed 0, so reported
 numbers never come from the seed the defaults were tuned on.
 
+``--suite classic|mujoco|all`` runs the predefined grid (every algorithm on the envs it applies to).
+
 Run: python scripts/benchmark.py --algos bc --envs CartPole Pendulum --seeds 3 --jobs 2
 """
 
@@ -22,12 +24,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
 from cleanil import utils
 
 ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp")
+CLASSIC = ("CartPole", "Acrobot", "MountainCar", "Pendulum")
+MUJOCO = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
+# the envs each algorithm is benchmarked on, per suite (settings come from configs/<algo>/<EnvId>.yaml)
+SUITES = {
+    "classic": {"bc": CLASSIC, "dagger": CLASSIC, "gail": ("CartPole", "Pendulum"), "airl": ("CartPole", "Pendulum"),
+                "iqlearn": ("CartPole", "Acrobot"), "drlhp": ("CartPole", "Pendulum"),
+                "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4")},
+    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn")},
+}  # fmt: skip
+SUITE_SEEDS = {"classic": 5, "mujoco": 3}
 
 
 @dataclass
@@ -52,6 +65,11 @@ class Args:
     """name of a variant run with --extra (e.g. exact); its records go to <out-dir>/<algo>__<tag>/"""
     force: bool = False
     """rerun and overwrite records that already exist"""
+    suite: Literal["classic", "mujoco", "all"] | None = None
+    """run a predefined grid instead of --algos x --envs: every algorithm that exists on the envs it
+    applies to (classic control and tabular with 5 seeds, MuJoCo with 3; --seeds, if given, wins)"""
+    dry_run: bool = False
+    """print the runs that would be made and exit"""
 
 
 def record_path(out_dir: str, algo: str, env_id: str, seed: int, tag: str = "") -> Path:
@@ -99,14 +117,32 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     return f"done {algo} {env_id} seed {seed}: return {record['final_return']:.1f}, normalized {norm}, {wall:.0f}s"
 
 
+def make_grid(args: Args, seeds_given: bool) -> list[tuple[str, str, int]]:
+    """(algo, env id, seed) runs: --algos x --envs, or a suite's algorithms on their envs."""
+    exists = {a for a in ALGOS if (utils.REPO_ROOT / "cleanil" / f"{a}.py").exists()}
+    if args.suite is None:
+        unknown = [a for a in args.algos if a not in exists]
+        if unknown:
+            raise utils.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
+        pairs = [(a, e) for a in args.algos for e in args.envs]
+        seeds = args.seeds
+    else:
+        suites = ("classic", "mujoco") if args.suite == "all" else (args.suite,)
+        pairs = [(a, e, name) for name in suites for a, envs in SUITES[name].items() if a in exists for e in envs]
+        seeds = {name: args.seeds if seeds_given else SUITE_SEEDS[name] for name in suites}
+        return [(a, utils.resolve_env_id(e), s) for a, e, name in pairs
+                for s in range(args.first_seed, args.first_seed + seeds[name])]  # fmt: skip
+    return [(a, utils.resolve_env_id(e), s) for a, e in pairs for s in range(args.first_seed, args.first_seed + seeds)]
+
+
 def main(args: Args) -> None:
-    unknown = [a for a in args.algos if a not in ALGOS or not (utils.REPO_ROOT / "cleanil" / f"{a}.py").exists()]
-    if unknown:
-        raise utils.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
-    envs = [utils.resolve_env_id(e) for e in args.envs]
-    grid = [(a, e, s) for a in args.algos for e in envs for s in range(args.first_seed, args.first_seed + args.seeds)]
+    grid = make_grid(args, utils.flag_value(sys.argv[1:], "seeds") is not None)
     todo = [g for g in grid if args.force or not record_path(args.out_dir, *g, args.tag).exists()]
     print(f"{len(grid)} runs, {len(grid) - len(todo)} already recorded, {len(todo)} to go, {args.jobs} at a time")
+    if args.dry_run:
+        for algo, env_id, seed in todo:
+            print(f"would run {algo} {env_id} seed {seed}")
+        return
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_job, *g, args) for g in todo]

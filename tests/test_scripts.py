@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import only_run_dir, read_metrics, run_cli
+from conftest import REPO, only_run_dir, read_metrics, run_cli
 
 from cleanil import utils
 
@@ -119,3 +119,17 @@ def test_help_explains_every_flag(algo):
     for field in fields:
         assert "--" + field.replace("_", "-") in res.stdout
     assert res.stdout.count("(default") >= len(fields)
+
+
+def test_benchmark_suite_grid(tmp_path):
+    """--suite lists every existing algorithm on the envs it applies to, with the suite's seed count."""
+    res = run_cli("scripts/benchmark.py", "--suite", "all", "--dry-run", "--out-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    runs = {tuple(line.split()[2:6:1]) for line in res.stdout.splitlines() if line.startswith("would run")}
+    assert ("gail", "CartPole-v1", "seed", "5") in runs and ("gail", "CartPole-v1", "seed", "6") not in runs
+    assert ("bc", "Hopper-v5", "seed", "3") in runs and ("bc", "Hopper-v5", "seed", "4") not in runs
+    assert ("mce_irl", "Taxi-v4", "seed", "1") in runs and not any(r[1] == "Taxi-v4" and r[0] == "bc" for r in runs)
+    missing = [a for a in ("drlhp",) if not (REPO / "cleanil" / f"{a}.py").exists()]
+    assert not any(r[0] in missing for r in runs)  # algorithms without a file are left out
+    res = run_cli("scripts/benchmark.py", "--suite", "classic", "--seeds", "1", "--dry-run", "--out-dir", str(tmp_path))
+    assert res.returncode == 0 and "seed 2" not in res.stdout
