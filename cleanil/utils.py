@@ -605,5 +605,8 @@ def run_cli(main: Callable, args_cls: type, config_dir: str) -> None:
     try:
         main(parse_args(args_cls, config_dir))
     except CleanILError as e:
+        for bar in list(getattr(tqdm, "_instances", ())):  # clear progress bars so the error stands alone
+            bar.leave = False
+            bar.close()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

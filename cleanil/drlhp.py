@@ -1,0 +1,510 @@
+"""Deep RL from human preferences: learn a reward from comparisons of trajectory fragments.
+
+Christiano, Leike, Brown, Martic, Legg & Amodei (2017), "Deep Reinforcement Learning from Human
+Preferences", NeurIPS, https://arxiv.org/abs/1706.03741.
+
+The loop alternates:
+    1. RL on the learned reward r_hat (ensemble mean, normalized to zero mean and unit std): SAC for
+       continuous actions, PPO for discrete ones. The env's reward is never given to the agent.
+    2. Cut the agent's recent trajectories into fragments sigma of --fragment-length steps.
+    3. Ask the gatherer which of two fragments is better: mu = 1 (first), 0 (second), 0.5 (equal).
+    4. Train an ensemble of reward nets, each on a bootstrap resample of the labels, with the
+       Bradley-Terry model:
+           P(sigma1 > sigma2) = exp(sum_t r(s1_t, a1_t)) / (exp(sum_t r(s1_t, a1_t)) + exp(sum_t r(s2_t, a2_t)))
+           loss = -mu log P(sigma1 > sigma2) - (1 - mu) log P(sigma2 > sigma1)
+
+- Query schedule: --initial-fraction of the --num-queries labels is asked on random-policy
+  fragments before RL starts; the rest at a decaying rate, N(t) proportional to log(1 + t / tau),
+  i.e. a labelling rate proportional to 1 / (tau + t).
+- Active selection (--active): of --oversample x as many random candidate pairs as are needed, ask
+  about those whose predicted preference varies most across the ensemble.
+- The gatherer is any callable taking a list of fragment pairs and returning one mu per pair; a
+  fragment is a dict with ``obs`` [L, obs_dim], ``actions`` [L, ...], ``alive`` [L] (False on the
+  padding after an episode ended) and ``true_rewards`` [L]. The shipped one is the synthetic oracle
+  (Bradley-Terry on the fragments' true returns with a temperature, optional label noise); a person
+  can answer through ``--gatherer module:function`` (for example a function that shows both
+  fragments and reads a key). Only the gatherer and evaluation read the env's reward.
+- Episodes that terminate: a fragment that reaches the end is padded with an absorbing state
+  (zero true reward; the reward nets score it like any state), and the agent bootstraps through it
+  as in DAC (Kostrikov et al. 2019), so ending an episode is judged by the learned reward.
+
+Run: python cleanil/drlhp.py --env CartPole  (500 synthetic queries)
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cleanil import utils
+
+
+@dataclass
+class Args:
+    # ---- common to every cleanil algorithm (no demonstrations: DRLHP learns from preferences)
+    env: str = "CartPole"
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    seed: int = 0
+    """random seed for torch, numpy, the environment, the oracle and the evaluation episodes"""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu or cuda"""
+    total_steps: int = 100_000
+    """environment steps of interaction"""
+    eval_every: int = 10_000
+    """evaluate the policy on the true reward every this many env steps (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    track: bool = False
+    """log to Weights & Biases (offline unless a login or WANDB_MODE says otherwise)"""
+    wandb_project: str = "cleanil"
+    """wandb project name"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user); None uses your default"""
+    compile: bool = False
+    """compile the agent's update step with torch.compile"""
+    save_model: bool = True
+    """save the policy to runs/<run>/model.pt and the reward ensemble to runs/<run>/reward.pt"""
+    run_dir: str = "runs"
+    """folder under which each run gets its own directory"""
+    # ---- preferences
+    num_queries: int = 500
+    """total number of preference labels asked over the run"""
+    initial_fraction: float = 0.25
+    """share of the labels asked on random-policy fragments before RL starts"""
+    query_decay: float = 0.25
+    """tau of the labelling rate 1 / (tau + t), as a fraction of --total-steps"""
+    query_every: int = 1_000
+    """env steps between query rounds (PPO: checked after each rollout)"""
+    fragment_length: int = 25
+    """steps per fragment"""
+    pool_size: int = 1_000
+    """most recent fragments kept as candidates for queries"""
+    active: bool = True
+    """ask about the candidate pairs the ensemble disagrees on most (else uniformly random pairs)"""
+    oversample: int = 10
+    """active selection scores this many candidate pairs per query"""
+    gatherer: str = "synthetic"
+    """who answers: synthetic (the oracle below) or module:function (a callable on a list of fragment pairs)"""
+    oracle_temperature: float = 0.0
+    """synthetic oracle: P(first) = sigmoid((R1 - R2) / temperature); 0 answers deterministically"""
+    oracle_noise: float = 0.0
+    """synthetic oracle: probability of answering uniformly at random"""
+    ensemble: int = 3
+    """reward nets in the ensemble"""
+    reward_hidden: tuple[int, ...] = (64, 64)
+    """hidden layer sizes of each reward net"""
+    reward_lr: float = 3e-4
+    """learning rate of the reward nets"""
+    reward_updates: int = 200
+    """gradient steps on the labels after each query round (5x after the first)"""
+    reward_batch: int = 64
+    """labelled pairs per reward gradient step"""
+    # ---- agent
+    hidden: tuple[int, ...] = (256, 256)
+    """hidden layer sizes of the actor and critic(s)"""
+    lr: float = 3e-4
+    """learning rate of the agent"""
+    gamma: float = 0.99
+    """discount factor"""
+    batch_size: int = 256
+    """SAC minibatch, or PPO minibatch"""
+    buffer_size: int = 1_000_000
+    """SAC replay capacity"""
+    learning_starts: int = 5_000
+    """SAC: env steps of random actions before updates start"""
+    tau: float = 0.005
+    """SAC: Polyak rate of the target critics"""
+    num_envs: int = 8
+    """PPO: parallel envs"""
+    num_steps: int = 128
+    """PPO: steps per env per rollout"""
+    update_epochs: int = 10
+    """PPO: optimization epochs per rollout"""
+    gae_lambda: float = 0.95
+    """PPO: GAE lambda"""
+    clip_coef: float = 0.2
+    """PPO: policy ratio clip"""
+    vf_coef: float = 0.5
+    """PPO: value loss weight"""
+    max_grad_norm: float = 0.5
+    """PPO: gradient clipping"""
+    log_every: int = 1_000
+    """SAC: log losses every this many env steps"""
+
+
+# ----------------------------------------------------------------------------- preferences
+def bradley_terry_loss(returns1: torch.Tensor, returns2: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """-mu log P(1 > 2) - (1 - mu) log P(2 > 1), P(1 > 2) = sigmoid(R1 - R2) with R = sum_t r_hat."""
+    return F.binary_cross_entropy_with_logits(returns1 - returns2, mu)
+
+
+class SyntheticOracle:
+    """Answers like a Bradley-Terry labeller on the fragments' true returns: P(first) =
+    sigmoid((R1 - R2) / temperature) (a hard comparison at temperature 0, 0.5 on ties), and with
+    probability ``noise`` a uniformly random answer."""
+
+    def __init__(self, temperature: float, noise: float, seed: int):
+        self.temperature, self.noise, self.rng = temperature, noise, np.random.default_rng(seed)
+
+    def __call__(self, pairs: list[tuple[dict, dict]]) -> np.ndarray:
+        diff = np.array([a["true_rewards"].sum() - b["true_rewards"].sum() for a, b in pairs])
+        if self.temperature > 0:
+            p_first = 0.5 * (1 + np.tanh(diff / (2 * self.temperature)))  # sigmoid(diff / temperature)
+            mu = (self.rng.random(len(pairs)) < p_first).astype(float)
+        else:
+            mu = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
+        noisy = self.rng.random(len(pairs)) < self.noise
+        return np.where(noisy, self.rng.integers(0, 2, len(pairs)).astype(float), mu)
+
+
+def load_gatherer(spec_str: str, args: Args) -> Callable:
+    if spec_str == "synthetic":
+        return SyntheticOracle(args.oracle_temperature, args.oracle_noise, args.seed)
+    module_name, sep, fn_name = spec_str.partition(":")
+    if not sep or not module_name or not fn_name:
+        raise utils.CleanILError(f"--gatherer {spec_str!r}: expected synthetic or module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise utils.CleanILError(f"--gatherer {spec_str!r}: cannot load it ({e})") from None
+
+
+class FragmentCutter:
+    """Cuts each env's stream of steps into fragments of ``length`` steps inside one episode. A
+    fragment that reaches a termination is padded with the absorbing state; a time-limit end drops
+    the unfinished fragment."""
+
+    def __init__(self, num_envs: int, length: int, obs_dim: int, act_dim: int):
+        self.length, self.obs_dim, self.act_dim = length, obs_dim, act_dim
+        self.current: list[list] = [[] for _ in range(num_envs)]
+
+    def add(self, i: int, obs: np.ndarray, act: np.ndarray, true_rew: float, term: bool, trunc: bool) -> list[dict]:
+        cur = self.current[i]
+        cur.append((np.append(obs, 0.0), act, true_rew, True))
+        if term:
+            while len(cur) < self.length:  # the absorbing state: zeros and a flag, a single (zero) action
+                cur.append((np.eye(1, self.obs_dim + 1, self.obs_dim)[0], np.zeros(self.act_dim), 0.0, False))
+        out = []
+        if len(cur) == self.length:
+            o, a, r, alive = (np.array(x) for x in zip(*cur, strict=True))
+            out.append({"obs": o.astype(np.float32), "actions": a.astype(np.float32), "true_rewards": r,
+                        "alive": alive})  # fmt: skip
+        if term or trunc or out:
+            self.current[i] = []
+        return out
+
+
+class RewardEnsemble(nn.Module):
+    """K reward nets r_k(s, a) on [s, flag, a] (action zeroed in the absorbing state), inputs
+    standardized with fixed statistics; ``forward`` gives the normalized ensemble mean."""
+
+    def __init__(self, in_dim: int, k: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.norm = utils.Normalizer(in_dim)
+        self.nets = nn.ModuleList([utils.mlp(in_dim, 1, hidden) for _ in range(k)])
+        self.register_buffer("out_mean", torch.zeros(()))
+        self.register_buffer("out_std", torch.ones(()))
+
+    def members(self, obs: torch.Tensor, act: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """[K, ...] raw rewards of every member, or [...] of member k alone."""
+        x = self.norm(torch.cat([obs, act * (1 - obs[..., -1:])], -1))
+        if k is not None:
+            return self.nets[k](x).squeeze(-1)
+        return torch.stack([net(x).squeeze(-1) for net in self.nets])
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return (self.members(obs, act).mean(0) - self.out_mean) / self.out_std
+
+
+def stack(fragments: list[dict], key: str, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.stack([f[key] for f in fragments]), dtype=torch.float32, device=device)
+
+
+# ----------------------------------------------------------------------------- agents
+def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> dict:
+    """Transitions over flag-augmented states, s -> [s, 0]; a terminated (s, a, s') becomes
+    (s, a, s_abs) followed by (s_abs, 0, s_abs), s_abs = [0, ..., 0, 1]: nothing is masked."""
+    flag = np.zeros((len(obs), 1), np.float32)
+    o, o2 = np.concatenate([obs, flag], 1).astype(np.float32), np.concatenate([next_obs, flag], 1).astype(np.float32)
+    a, term = act.astype(np.float32), terminated.astype(bool)
+    if term.any():
+        s_abs = np.zeros((int(term.sum()), o.shape[1]), np.float32)
+        s_abs[:, -1] = 1
+        o2[term] = s_abs[0]
+        o, o2 = np.concatenate([o, s_abs]), np.concatenate([o2, s_abs])
+        a = np.concatenate([a, np.zeros((len(s_abs), a.shape[1]), np.float32)])
+    return {"obs": o, "act": a, "next_obs": o2}
+
+
+def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
+              add_fragments: Callable, query_round: Callable, queries_due: Callable,
+              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+    """SAC on r_hat: one env step, one update; the initial queries when learning starts, then every
+    --query-every steps."""
+    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+    actor = actor.to(device)
+    critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+    targets = copy.deepcopy(critics).requires_grad_(False)
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr)
+    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+
+    def update(b: dict) -> dict:
+        alpha = log_alpha.exp().detach()
+        with torch.no_grad():
+            r = reward(b["obs"], b["act"])  # the learned reward, recomputed for every replayed transition
+            # y = r + gamma (min_j Q'_j(s', a') - alpha log pi(a'|s')); in s_abs a' = 0 and no entropy term
+            live = 1 - b["next_obs"][:, -1:]
+            a2, logp2 = actor.sample(b["next_obs"][:, :-1])
+            a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
+            y = r + args.gamma * (
+                torch.min(targets[0](b["next_obs"], a2), targets[1](b["next_obs"], a2)) - alpha * logp2
+            )
+        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
+        critic_opt.zero_grad()
+        critic_loss.backward()
+        critic_opt.step()
+        # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states; temperature toward H = -dim(A)
+        live = 1 - b["obs"][:, -1]
+        a, logp = actor.sample(b["obs"][:, :-1])
+        actor_loss = ((alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))) * live).sum()
+        actor_opt.zero_grad()
+        (actor_loss / live.sum().clamp_min(1)).backward()
+        actor_opt.step()
+        alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1)
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+        with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
+            torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
+        return {"losses/critic": critic_loss.detach(), "alpha": alpha, "reward_mean": r.mean()}
+
+    update = utils.maybe_compile(update, args.compile)
+    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    env = utils.make_vec_env(spec.env_id, 1)
+    env.single_action_space.seed(args.seed)
+    cutter = FragmentCutter(1, args.fragment_length, spec.obs_dim, spec.act_dim)
+    obs = env.reset(seed=args.seed)[0]
+    bar, metrics, asked, horizon = utils.progress(args.total_steps, "drlhp-sac"), {}, 0, args.total_steps
+    for step in range(1, args.total_steps + 1):
+        if step <= args.learning_starts:
+            action = np.array([env.single_action_space.sample()])
+        else:
+            with torch.no_grad():
+                action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+        next_obs, true_rew, term, trunc, info = env.step(action)  # true_rew goes to the fragments only
+        add_fragments(cutter.add(0, obs[0], act_vec(action)[0], float(true_rew[0]), bool(term[0]), bool(trunc[0])))
+        rb.extend(utils.to_tensordict(with_absorbing(obs, action, utils.true_next_obs(next_obs, info), term), device))
+        obs = next_obs
+        bar.update(1)
+        t = step - args.learning_starts
+        if t == 0 or (t > 0 and t % args.query_every == 0):
+            q = query_round(queries_due(t, horizon - args.learning_starts) - asked, first=asked == 0)
+            asked, metrics = q.get("queries", asked), metrics | q
+        if t > 0 and asked > 0:
+            metrics |= update(rb.sample())
+        if step % args.log_every == 0 and metrics:
+            logger.log(step, metrics, env_steps=step)
+        if step % args.eval_every == 0 or step == args.total_steps:
+            final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            logger.log(step, final, env_steps=step)
+    bar.close()
+    return actor, final
+
+
+def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
+              add_fragments: Callable, query_round: Callable, queries_due: Callable,
+              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+    """PPO on r_hat (discrete actions): the initial queries after the first rollout, before any
+    update; then a query round after the rollouts that cross a multiple of --query-every."""
+    actor = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+    params = list(actor.parameters()) + list(critic.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    envs = utils.make_vec_env(spec.env_id, args.num_envs)
+    cutter = FragmentCutter(args.num_envs, args.fragment_length, spec.obs_dim, spec.act_dim)
+    obs = envs.reset(seed=args.seed)[0]
+    n, T = args.num_envs, args.num_steps
+    s_abs, a_abs = torch.zeros(1, spec.obs_dim + 1, device=device), torch.zeros(1, spec.act_dim, device=device)
+    s_abs[0, -1] = 1  # the absorbing state: zeros and a flag, a single (zero) action
+
+    def update(o: torch.Tensor, a: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, ret: torch.Tensor) -> dict:
+        ratio = (torch.distributions.Categorical(logits=actor(o)).log_prob(a) - logp_old).exp()
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # L_clip = -E[min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)],  L_V = 0.5 E[(V(s) - R)^2]
+        pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef) * adv).mean()
+        v_loss = 0.5 * (critic(o).squeeze(-1) - ret).pow(2).mean()
+        optimizer.zero_grad()
+        (pg_loss + args.vf_coef * v_loss).backward()
+        nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
+
+    update = utils.maybe_compile(update, args.compile)
+    bar, step, next_eval, asked = utils.progress(args.total_steps, "drlhp-ppo"), 0, args.eval_every, 0
+    while step < args.total_steps:
+        optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
+        rows: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "next_obs", "term", "trunc")}
+        for _ in range(T):
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            with torch.no_grad():
+                dist = torch.distributions.Categorical(logits=actor(o))
+                a = dist.sample()
+            next_obs, true_rew, term, trunc, info = envs.step(a.cpu().numpy())  # true_rew goes to the fragments only
+            for i in range(n):
+                add_fragments(cutter.add(i, obs[i], act_vec(a[i].item()), float(true_rew[i]), term[i], trunc[i]))
+            for k, v in zip(rows, (obs, a.cpu().numpy(), dist.log_prob(a).cpu().numpy(),
+                                   utils.true_next_obs(next_obs, info), term, trunc & ~term), strict=True):  # fmt: skip
+                rows[k].append(v)
+            obs = next_obs
+        step += n * T
+        bar.update(n * T)
+        q = {}
+        if asked == 0 or step // args.query_every > (step - n * T) // args.query_every or step >= args.total_steps:
+            q = query_round(queries_due(step if asked else 0, args.total_steps) - asked, first=asked == 0)
+            asked = q.get("queries", asked)
+        tensors = {k: torch.as_tensor(np.stack(v), device=device) for k, v in rows.items()}  # [T, n, ...]
+        o, o2, act = tensors["obs"].float(), tensors["next_obs"].float(), tensors["act"]
+        term, trunc = tensors["term"].float(), tensors["trunc"].float()
+        with torch.no_grad():
+            flag = torch.zeros(T, n, 1, device=device)
+            r = reward(torch.cat([o, flag], -1), F.one_hot(act, spec.act_dim).float())
+            r_abs = reward(s_abs, a_abs)
+            value, next_value = critic(o).squeeze(-1), critic(o2).squeeze(-1)
+        # after a termination the next state is s_abs, whose value is r_abs / (1 - gamma)
+        next_value = (1 - term) * next_value + term * r_abs / (1 - args.gamma)
+        # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+        done, adv, last = torch.maximum(term, trunc), torch.zeros(T, n, device=device), torch.zeros(n, device=device)
+        delta = r + args.gamma * next_value - value
+        for t in reversed(range(T)):
+            last = delta[t] + args.gamma * args.gae_lambda * (1 - done[t]) * last
+            adv[t] = last
+        flat = [x.flatten(0, 1) for x in (o, act, tensors["logp"], adv, adv + value)]
+        for _ in range(args.update_epochs):
+            for idx in torch.randperm(T * n, device=device).split(args.batch_size):
+                metrics = update(*(x[idx] for x in flat))
+        logger.log(step, metrics | q | {"reward_mean": r.mean(), "reward_absorbing": r_abs.squeeze()}, env_steps=step)
+        if step >= next_eval or step >= args.total_steps:
+            next_eval += args.eval_every
+            final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            logger.log(step, final, env_steps=step)
+    bar.close()
+    return actor, final
+
+
+# ----------------------------------------------------------------------------- main
+def main(args: Args) -> dict:
+    if not 0 <= args.initial_fraction <= 1 or args.num_queries < 1 or args.fragment_length < 1:
+        raise utils.CleanILError("need --num-queries >= 1, --fragment-length >= 1 and 0 <= --initial-fraction <= 1")
+    gatherer = load_gatherer(args.gatherer, args)  # first: a gatherer's module may register envs
+    env_id = utils.resolve_env_id(args.env)
+    spec = utils.env_spec(env_id)
+    device = utils.get_device(args.device)
+    utils.set_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    act_dim = spec.act_dim  # one-hot size for discrete actions
+    reward = RewardEnsemble(spec.obs_dim + 1 + act_dim, args.ensemble, args.reward_hidden).to(device)
+    reward_opt = torch.optim.Adam(reward.parameters(), lr=args.reward_lr)
+    pool: list[dict] = []
+    labels: dict[str, torch.Tensor] = {}  # the labelled pairs: o1, a1, o2, a2 [N, L, ...] and mu [N]
+    logger = utils.RunLogger(args, "drlhp", env_id)
+
+    def act_vec(a: np.ndarray) -> np.ndarray:
+        return np.eye(act_dim, dtype=np.float32)[a] if spec.discrete else a.astype(np.float32)
+
+    def predicted_returns(frags: list[dict]) -> torch.Tensor:
+        """[K, n] each member's sum of raw rewards over each fragment."""
+        return reward.members(stack(frags, "obs", device), stack(frags, "actions", device)).sum(-1)
+
+    def query_round(n: int, first: bool) -> dict:
+        """Ask about n pairs from the pool, retrain the ensemble on all labels, renormalize its output."""
+        if n <= 0 or len(pool) < 2:
+            return {}
+        if first:  # fix the input standardization on the first pool
+            x = torch.cat([stack(pool, "obs", device), stack(pool, "actions", device)], -1).flatten(0, 1)
+            reward.norm.mean.copy_(x.mean(0))
+            reward.norm.std.copy_(x.std(0).clamp_min(1e-2))
+            reward.norm.mean[spec.obs_dim], reward.norm.std[spec.obs_dim] = 0.0, 1.0
+        cand = rng.integers(0, len(pool), size=(n * max(args.oversample if args.active else 1, 2), 2))
+        cand = cand[cand[:, 0] != cand[:, 1]]
+        if args.active and len(cand) > n:  # the pairs whose P(1 > 2) varies most across the ensemble
+            with torch.no_grad():
+                r = predicted_returns(pool)
+                p = torch.sigmoid(r[:, cand[:, 0]] - r[:, cand[:, 1]])
+            cand = cand[torch.argsort(p.var(0), descending=True)[:n].cpu().numpy()]
+        pairs = [(pool[i], pool[j]) for i, j in cand[:n]]
+        public = [tuple({k: v[:, : spec.obs_dim] if k == "obs" else v for k, v in f.items()} for f in pair)
+                  for pair in pairs]  # fmt: skip
+        answers = np.asarray(gatherer(public), dtype=float)
+        if (
+            answers.shape != (len(pairs),)
+            or not np.isfinite(answers).all()
+            or (answers < 0).any()
+            or (answers > 1).any()
+        ):
+            raise utils.CleanILError(
+                f"the gatherer must return {len(pairs)} finite preferences in [0, 1], got shape {answers.shape}"
+                + (f" with values from {answers.min()} to {answers.max()}" if answers.size else "")
+            )
+        with torch.no_grad():  # how well the ensemble predicted these answers before training on them
+            d = (predicted_returns([a for a, _ in pairs]) - predicted_returns([b for _, b in pairs])).mean(0)
+        decided = answers != 0.5
+        accuracy = float(((d.cpu().numpy() > 0) == (answers > 0.5))[decided].mean()) if decided.any() else 0.5
+        new = {"o1": stack([a for a, _ in pairs], "obs", device), "a1": stack([a for a, _ in pairs], "actions", device),
+               "o2": stack([b for _, b in pairs], "obs", device), "a2": stack([b for _, b in pairs], "actions", device),
+               "mu": torch.as_tensor(answers, dtype=torch.float32, device=device)}  # fmt: skip
+        labels.update({k: torch.cat([labels[k], v]) if k in labels else v for k, v in new.items()})
+        # Bradley-Terry on a bootstrap resample of the labels per member
+        n_labels = len(labels["mu"])
+        boot = torch.randint(n_labels, (args.ensemble, n_labels), device=device)
+        for _ in range(args.reward_updates * (5 if first else 1)):
+            loss = torch.zeros((), device=device)
+            for k in range(args.ensemble):
+                idx = boot[k][torch.randint(n_labels, (min(args.reward_batch, n_labels),), device=device)]
+                r1 = reward.members(labels["o1"][idx], labels["a1"][idx], k).sum(-1)
+                r2 = reward.members(labels["o2"][idx], labels["a2"][idx], k).sum(-1)
+                loss = loss + bradley_terry_loss(r1, r2, labels["mu"][idx]) / args.ensemble
+            reward_opt.zero_grad()
+            loss.backward()
+            reward_opt.step()
+        with torch.no_grad():  # r_hat normalized to zero mean, unit std over the pool's states
+            r = reward.members(stack(pool, "obs", device), stack(pool, "actions", device)).mean(0).flatten()
+            reward.out_mean.copy_(r.mean())
+            reward.out_std.copy_(r.std().clamp_min(1e-6))
+        return {"queries": n_labels, "losses/bradley_terry": loss.detach(), "reward/new_label_accuracy": accuracy}
+
+    def queries_due(t: int, horizon: int) -> int:
+        """Labels due t env steps after RL started: initial + rest * log(1 + t / tau) / log(1 + horizon / tau)."""
+        n0 = round(args.initial_fraction * args.num_queries)
+        tau = max(1.0, args.query_decay * horizon)
+        share = np.log1p(max(t, 0) / tau) / np.log1p(max(horizon, 1) / tau)
+        return min(args.num_queries, n0 + round((args.num_queries - n0) * min(share, 1.0)))
+
+    def add_fragments(new: list[dict]) -> None:
+        pool.extend(new)
+        del pool[: max(0, len(pool) - args.pool_size)]
+
+    run = train_sac if not spec.discrete else train_ppo
+    actor, final = run(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, logger)
+    if args.save_model:
+        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
+        utils.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),
+                                 "ensemble": args.ensemble, "env_id": env_id}, logger.dir / "reward.pt")  # fmt: skip
+    logger.close()
+    return final
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "drlhp")
