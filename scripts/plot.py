@@ -33,6 +33,8 @@ class Args:
     """where README.md and curves/<EnvId>.png are written"""
     plots: bool = True
     """draw the PNG learning curves (--no-plots writes the tables only)"""
+    readme: str | None = "README.md"
+    """file whose results markers get the headline table (None: leave it alone)"""
 
 
 def load_records(root: Path) -> dict[tuple[str, str], list[dict]]:
@@ -93,6 +95,30 @@ def table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
+def headline(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Env x algorithm table of final normalized return (default settings only, no tagged variants)."""
+    algos = sorted({v for v, _ in groups if "__" not in v})
+    envs = sorted({e for v, e in groups if "__" not in v})
+    lines = ["| env | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    for env in envs:
+        cells = []
+        for algo in algos:
+            recs = groups.get((algo, env))
+            cells.append(mean_std([r["final_normalized_return"] for r in recs]) if recs else "")
+        lines.append(f"| {env} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_between_markers(path: Path, lines: list[str]) -> None:
+    """Replace the text between the results markers of ``path`` (the top-level README) with ``lines``."""
+    text = path.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        raise utils.CleanILError(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+
+
 def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -142,6 +168,9 @@ def main(args: Args) -> None:
     ]
     (out / "README.md").write_text("\n".join(lines))
     print(f"wrote {out / 'README.md'} ({len(groups)} algorithm x env rows)")
+    if args.readme:
+        write_between_markers(utils.REPO_ROOT / args.readme, headline(groups))
+        print(f"updated the results table in {args.readme}")
     if args.plots:
         for env in envs:
             plot_env(env, groups, out / "curves" / f"{env}.png")
