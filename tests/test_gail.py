@@ -99,9 +99,10 @@ def test_sac_generator_smoke_with_absorbing_states(tmp_path):
     assert (run / "model.pt").exists() and (run / "discriminator.pt").exists()
 
 
+@pytest.mark.parametrize("script", ["cleanil/gail.py", "cleanil/airl.py"])
 @pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
-def test_ppo_generator_smoke(tmp_path, env):
-    res = run_cli("cleanil/gail.py", "--env", env, "--generator", "ppo", "--total-steps", "512", "--num-envs", "4",
+def test_ppo_generator_smoke(tmp_path, script, env):
+    res = run_cli(script, "--env", env, "--generator", "ppo", "--total-steps", "512", "--num-envs", "4",
                   "--num-steps", "64", "--update-epochs", "2", "--eval-every", "512", "--run-dir", str(tmp_path),
                   *TINY)  # fmt: skip
     assert res.returncode == 0, res.stderr
