@@ -95,9 +95,12 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     run_dir = max(run_root.iterdir(), key=lambda p: p.stat().st_mtime)
     config = json.loads((run_dir / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "eval/return" in r]
-    curve = [{"step": r["global_step"], "env_steps": r.get("env_steps", 0), "return": r["eval/return"],
-              "normalized_return": r.get("eval/normalized_return")} for r in evals]  # fmt: skip
+    curve, extra = [], {}  # extra: the latest value of quantities a curve is also read against (queries)
+    for r in rows:
+        extra |= {k: r[k] for k in ("queries",) if k in r}
+        if "eval/return" in r:
+            curve.append({"step": r["global_step"], "env_steps": r.get("env_steps", 0), "return": r["eval/return"],
+                          "normalized_return": r.get("eval/normalized_return"), **extra})  # fmt: skip
     norms = [c["normalized_return"] for c in curve if c["normalized_return"] is not None]
     record = {
         "algo": algo, "tag": args.tag, "env": env_id, "seed": seed,

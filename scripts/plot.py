@@ -119,7 +119,12 @@ def write_between_markers(path: Path, lines: list[str]) -> None:
     path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
 
 
-def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+def has_queries(recs: list[dict]) -> bool:
+    return all("queries" in c for r in recs for c in r["curve"])
+
+
+def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path, by_queries: bool = False) -> None:
+    """Normalized return against steps (or, with ``by_queries``, against preference labels asked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,13 +134,17 @@ def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path) ->
     for (variant, e), recs in sorted(groups.items()):
         if e != env or any(c["normalized_return"] is None for r in recs for c in r["curve"]):
             continue
-        _, unit = x_of(recs[0])
-        grid = np.unique(np.concatenate([x_of(r)[0] for r in recs]))
-        ys = np.array([np.interp(grid, x_of(r)[0], [c["normalized_return"] for c in r["curve"]]) for r in recs])
+        if by_queries and not has_queries(recs):
+            continue
+        xs = [np.array([c["queries"] for c in r["curve"]], float) if by_queries else x_of(r)[0] for r in recs]
+        unit = "queries" if by_queries else x_of(recs[0])[1]
+        grid = np.unique(np.concatenate(xs))
+        ys = [np.interp(grid, x, [c["normalized_return"] for c in r["curve"]]) for x, r in zip(xs, recs, strict=True)]
+        ys = np.array(ys)
         (line,) = ax.plot(grid, ys.mean(0), label=f"{variant} ({len(recs)} seeds, x = {unit})")
         ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set(title=env, xlabel="steps", ylabel="normalized return")
+    ax.set(title=env, xlabel="preference queries" if by_queries else "steps", ylabel="normalized return")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +158,7 @@ def main(args: Args) -> None:
     if not groups:
         raise utils.CleanILError(f"no benchmark records under {root}")
     envs = sorted({env for _, env in groups})
+    query_envs = sorted({env for (_, env), recs in groups.items() if has_queries(recs)})
     lines = [
         "# Benchmark results",
         "",
@@ -165,6 +175,16 @@ def main(args: Args) -> None:
         "",
         *[f"![{env}](curves/{env}.png)" for env in envs],
         "",
+        *(
+            [
+                "## Return against preference queries",
+                "",
+                *[f"![{env}](curves/{env}__queries.png)" for env in query_envs],
+                "",
+            ]
+            if query_envs
+            else []
+        ),
     ]
     (out / "README.md").write_text("\n".join(lines))
     print(f"wrote {out / 'README.md'} ({len(groups)} algorithm x env rows)")
@@ -174,7 +194,9 @@ def main(args: Args) -> None:
     if args.plots:
         for env in envs:
             plot_env(env, groups, out / "curves" / f"{env}.png")
-        print(f"wrote {len(envs)} plots under {out / 'curves'}")
+        for env in query_envs:
+            plot_env(env, groups, out / "curves" / f"{env}__queries.png", by_queries=True)
+        print(f"wrote {len(envs) + len(query_envs)} plots under {out / 'curves'}")
 
 
 if __name__ == "__main__":
