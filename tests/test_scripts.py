@@ -109,7 +109,7 @@ def test_benchmark_writes_records_and_resumes(tmp_path):
     assert res.returncode == 2 and "unknown or missing algorithm" in res.stderr
 
 
-@pytest.mark.parametrize("algo", ["dagger", "mce_irl"])
+@pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp"])
 def test_help_explains_every_flag(algo):
     import importlib
 
