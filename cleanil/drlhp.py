@@ -362,10 +362,12 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
             with torch.no_grad():
                 dist = torch.distributions.Categorical(logits=actor(o))
                 a = dist.sample()
-            next_obs, true_rew, term, trunc, info = envs.step(a.cpu().numpy())  # true_rew goes to the fragments only
+            a_np = a.cpu().numpy()
+            one_hot = act_vec(a_np)
+            next_obs, true_rew, term, trunc, info = envs.step(a_np)  # true_rew goes to the fragments only
             for i in range(n):
-                add_fragments(cutter.add(i, obs[i], act_vec(a[i].item()), float(true_rew[i]), term[i], trunc[i]))
-            for k, v in zip(rows, (obs, a.cpu().numpy(), dist.log_prob(a).cpu().numpy(),
+                add_fragments(cutter.add(i, obs[i], one_hot[i], float(true_rew[i]), term[i], trunc[i]))
+            for k, v in zip(rows, (obs, a_np, dist.log_prob(a).cpu().numpy(),
                                    utils.true_next_obs(next_obs, info), term, trunc & ~term), strict=True):  # fmt: skip
                 rows[k].append(v)
             obs = next_obs

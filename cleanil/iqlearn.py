@@ -168,9 +168,9 @@ def main(args: Args) -> dict:
 
     def tensors(lo: int, hi: int | None) -> dict[str, torch.Tensor]:
         t = {k: torch.as_tensor(np.asarray(demos[k][lo:hi]), device=device) for k in utils.DEMO_KEYS}
-        t = {k: v.float() for k, v in t.items()} | {"actions": t["actions"] if spec.discrete else t["actions"].float()}
-        return {"obs": t["obs"], "act": t["actions"], "next_obs": t["next_obs"], "done": t["terminated"],
-                "rew": t["rewards"]}  # fmt: skip
+        act = t["actions"] if spec.discrete else t["actions"].float()
+        return {"obs": t["obs"].float(), "act": act, "next_obs": t["next_obs"].float(),
+                "done": t["terminated"].float(), "rew": t["rewards"].float()}  # fmt: skip
 
     expert, heldout = tensors(0, cut), tensors(cut, None)
     obs_mean, obs_std = expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3)
@@ -254,6 +254,10 @@ def main(args: Args) -> dict:
 
     logger = utils.RunLogger(args, "iqlearn_offline" if args.offline else "iqlearn", env_id)
     bar, metrics, final = utils.progress(args.total_steps, "iqlearn"), {}, {}
+    # expert flags of a batch: all rows offline; the first half online (expert rows, then policy rows)
+    n_expert = args.batch_size if args.offline else args.batch_size // 2
+    n_rows = n_expert if args.offline else 2 * n_expert
+    is_expert = (torch.arange(n_rows, device=device) < n_expert).float()
     if not args.offline:
         rb = utils.make_replay_buffer(args.buffer_size, args.batch_size // 2, device)
         env = utils.make_vec_env(env_id, 1)
@@ -279,11 +283,10 @@ def main(args: Args) -> dict:
         bar.update(1)
         if args.offline or step > args.learning_starts:
             if args.offline:
-                b = sample(expert, args.batch_size) | {"is_expert": torch.ones(args.batch_size, device=device)}
+                b = sample(expert, args.batch_size) | {"is_expert": is_expert}
             else:  # half expert, half policy
                 e, p = sample(expert, args.batch_size // 2), rb.sample()
-                b = {k: torch.cat([e[k], p[k].to(e[k].dtype)]) for k in e}
-                b["is_expert"] = torch.cat([torch.ones(len(e["obs"])), torch.zeros(len(p["obs"]))]).to(device)
+                b = {k: torch.cat([e[k], p[k].to(e[k].dtype)]) for k in e} | {"is_expert": is_expert}
             metrics = update(b)
         if step % args.log_every == 0 and metrics:
             logger.log(step, metrics, env_steps=0 if args.offline else step)
