@@ -78,8 +78,9 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the generator's update step with torch.compile"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
+    least 20k updates, where the one-off compile time pays off"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the learned reward to runs/<run>/reward.pt"""
     run_dir: str = "runs"
@@ -163,6 +164,16 @@ class RewardNet(nn.Module):
         h_s, h_next = self.h(z[..., : self.obs_dim]).squeeze(-1), self.h(z[..., -self.obs_dim :]).squeeze(-1)
         return self.g_of_z(z) + self.gamma * mask * h_next - h_s
 
+    def f_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(z) (mask 1) and grad_z f = [grad_s g - grad h(s), grad_a g, gamma grad h(s')], by hand."""
+        n = self.obs_dim
+        g, grad_g = tanh_mlp_input_grad(self.g, z[..., :n] if self.state_only else z[..., :-n])
+        h_s, grad_h_s = tanh_mlp_input_grad(self.h, z[..., :n])
+        h_next, grad_h_next = tanh_mlp_input_grad(self.h, z[..., -n:])
+        grad_g = F.pad(grad_g, (0, z.shape[-1] - n - grad_g.shape[-1]))  # zero for a and s' it does not read
+        grad = torch.cat([grad_g[..., :n] - grad_h_s, grad_g[..., n:], self.gamma * grad_h_next], -1)
+        return g + self.gamma * h_next - h_s, grad
+
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """The learned reward g(s[, a]) alone (what --reward-from trains on)."""
         return self.g_of_z(self.z(obs, act, obs))
@@ -203,14 +214,28 @@ def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor,
     ).sum() / policy_w.sum()
 
 
-def gradient_penalty(fn: Callable, z_expert: torch.Tensor, z_policy: torch.Tensor,
+def tanh_mlp_input_grad(net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y(z) and grad_z y(z) of a tanh MLP, by hand: h_k = tanh(W_k h_{k-1} + b_k), h_0 = z, y = w^T h_K + c,
+        grad_z y = W_1^T diag(1 - h_1^2) ... W_K^T diag(1 - h_K^2) w.
+    First-order in the weights (no double backward), so the penalty compiles with the rest of the update."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    hs, h = [], z
+    for layer in linears[:-1]:
+        h = torch.tanh(layer(h))
+        hs.append(h)
+    out, grad = linears[-1](h).squeeze(-1), linears[-1].weight.expand(len(z), -1)
+    for layer, h_k in zip(reversed(linears[:-1]), reversed(hs), strict=True):
+        grad = (grad * (1 - h_k * h_k)) @ layer.weight
+    return out, grad
+
+
+def gradient_penalty(value_and_grad: Callable, z_expert: torch.Tensor, z_policy: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """E[(||grad_z fn(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
-    over the pairs with ``keep`` = 1 (all by default)."""
+    """E[(||grad_z f(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
+    over the pairs with ``keep`` = 1 (all by default); ``value_and_grad(z)`` returns (f(z), grad_z f(z))."""
     eps = torch.rand(len(z_expert), 1, device=z_expert.device)
-    z = (eps * z_expert + (1 - eps) * z_policy).requires_grad_(True)
-    (grad,) = torch.autograd.grad(fn(z).sum(), z, create_graph=True)
-    keep = torch.ones(len(z), device=z.device) if keep is None else keep
+    _, grad = value_and_grad(eps * z_expert + (1 - eps) * z_policy)
+    keep = torch.ones(len(grad), device=grad.device) if keep is None else keep
     return ((grad.norm(dim=-1) - 1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
 
 
@@ -246,10 +271,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    fused = device.type == "cpu" or None
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=fused)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr, fused=fused)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
+    alpha_opt = utils.Adam([log_alpha], args.lr)
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
@@ -257,28 +280,21 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             reward = reward_fn(b)
         y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
         critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
+        critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
         q = torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
-        actor_opt.zero_grad()
-        actor_loss.backward()
-        actor_opt.step()
+        actor_opt.step(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
-        alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1)
-        alpha_opt.zero_grad()
-        alpha_loss.backward()
-        alpha_opt.step()
+        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
                 "reward_mean": reward.mean(), "replay/absorbing_share": b["obs"][:, -1].mean()}  # fmt: skip
 
-    update = utils.maybe_compile(update, args.compile)
+    update = utils.maybe_compile(update, args.compile, args.total_steps)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
     env = utils.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed)
@@ -298,8 +314,9 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         if step > args.learning_starts:
             b, disc_metrics = rb.sample(), {}
             for i in range((args.disc_updates or 1) if update_disc else 0):
-                disc_metrics = update_disc((b if i == 0 else rb.sample())[: args.disc_batch_size])
-            metrics = update(b) | disc_metrics
+                d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
+                disc_metrics = update_disc({k: d[k] for k in ("obs", "act", "next_obs", "mask")})
+            metrics = update({k: b[k] for k in ("obs", "act", "next_obs", "mask")}) | disc_metrics
         if step % args.log_every == 0 and metrics:
             logger.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -341,7 +358,6 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    update = utils.maybe_compile(update, args.compile)
     bar, step, next_eval = utils.progress(args.total_steps, "airl-ppo"), 0, args.eval_every
     while step < args.total_steps:
         if args.anneal_lr:
@@ -372,7 +388,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         # discriminator on this rollout's transitions (with absorbing rows), then relabel the rollout
         d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
         for _ in range(args.disc_updates or 10):
-            disc_metrics = update_disc(d[torch.randint(len(d), (args.disc_batch_size,), device=device)])
+            idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
+            disc_metrics = update_disc({k: d[k][idx] for k in ("obs", "act", "next_obs", "mask")})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
@@ -456,7 +473,7 @@ def main(args: Args) -> dict:
     reward_net.obs_norm.mean[-1], reward_net.obs_norm.std[-1] = 0.0, 1.0  # the absorbing flag stays 0/1
     reward_net.act_norm.mean.copy_(expert["act"].mean(0))
     reward_net.act_norm.std.copy_(expert["act"].std(0).clamp_min(1e-2))
-    disc_opt = torch.optim.Adam(reward_net.parameters(), lr=args.disc_lr)
+    disc_opt = utils.Adam(reward_net.parameters(), args.disc_lr)
 
     def update_disc(p: dict) -> dict:
         """One step on BCE(d = f - log pi) + lambda GP(f), with as many expert as policy samples."""
@@ -467,14 +484,14 @@ def main(args: Args) -> dict:
         w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [(1 - x["obs"][:, -1]) * (1 - x["next_obs"][:, -1]) for x in (e, p)]  # away from s_abs
-        gp = gradient_penalty(reward_net.f_of_z, z_e, z_pi, keep[0] * keep[1]) if args.gp_weight > 0 else 0 * loss
-        disc_opt.zero_grad()
-        (loss + args.gp_weight * gp).backward()
-        disc_opt.step()
+        gp = gradient_penalty(reward_net.f_and_grad, z_e, z_pi, keep[0] * keep[1]) if args.gp_weight > 0 else 0 * loss
+        disc_opt.step(loss + args.gp_weight * gp)
         accuracy = ((logit_e > 0).float().mean() + (logit_pi < 0).float().mean()) / 2
         return {"losses/discriminator": loss.detach(), "losses/gradient_penalty": gp.detach(),
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
+
+    update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps)
 
     def sac_reward(b: dict) -> torch.Tensor:  # f(s, a, s'); SAC adds -alpha log pi itself
         return reward_net.f_of_z(reward_net.z(b["obs"], b["act"], b["next_obs"]), b["mask"])

@@ -56,7 +56,7 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool = False
-    """compile the update step with torch.compile"""
+    """compile the update step with torch.compile (falls back to eager if it fails)"""
     save_model: bool = True
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
@@ -125,7 +125,7 @@ def main(args: Args) -> dict:
     actor = utils.make_actor(spec, args.hidden).to(device)
     actor.norm.mean.copy_(obs[train_idx].mean(0))
     actor.norm.std.copy_(obs[train_idx].std(0).clamp_min(1e-3) if len(train_idx) > 1 else torch.ones_like(obs[0]))
-    optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
+    optimizer = utils.Adam(actor.parameters(), args.lr)
 
     def losses(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         if spec.discrete:
@@ -138,9 +138,7 @@ def main(args: Args) -> dict:
 
     def update(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         out = losses(idx)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        optimizer.step(out["loss"])
         return {k: v.detach() for k, v in out.items()}
 
     update = utils.maybe_compile(update, args.compile)

@@ -73,7 +73,7 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool = False
-    """compile the update step with torch.compile"""
+    """compile the update step with torch.compile (falls back to eager if it fails)"""
     save_model: bool = True
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
@@ -185,7 +185,7 @@ def main(args: Args) -> dict:
             data[k] += list(demos[k])
 
     actor = utils.make_actor(spec, args.hidden).to(device)
-    optimizer = torch.optim.Adam(actor.parameters(), lr=args.lr)
+    optimizer = utils.Adam(actor.parameters(), args.lr)
     scale = None if spec.discrete else actor.scale
 
     def update(obs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -193,9 +193,7 @@ def main(args: Args) -> dict:
             loss = dagger_loss_discrete(actor(obs), labels)
         else:
             loss = dagger_loss_continuous(actor.act(obs, deterministic=True), labels, scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer.step(loss)
         return loss.detach()
 
     update = utils.maybe_compile(update, args.compile)

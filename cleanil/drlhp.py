@@ -69,8 +69,9 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the agent's update step with torch.compile"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
+    least 20k updates, where the one-off compile time pays off"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the reward ensemble to runs/<run>/reward.pt"""
     run_dir: str = "runs"
@@ -257,9 +258,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
     critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
+    alpha_opt = utils.Adam([log_alpha], args.lr)
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
@@ -273,25 +273,18 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
                 torch.min(targets[0](b["next_obs"], a2), targets[1](b["next_obs"], a2)) - alpha * logp2
             )
         critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
+        critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states; temperature toward H = -dim(A)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
         actor_loss = ((alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))) * live).sum()
-        actor_opt.zero_grad()
-        (actor_loss / live.sum().clamp_min(1)).backward()
-        actor_opt.step()
-        alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1)
-        alpha_opt.zero_grad()
-        alpha_loss.backward()
-        alpha_opt.step()
+        actor_opt.step(actor_loss / live.sum().clamp_min(1))
+        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "alpha": alpha, "reward_mean": r.mean()}
 
-    update = utils.maybe_compile(update, args.compile)
+    update = utils.maybe_compile(update, args.compile, args.total_steps)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
     env = utils.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed)
@@ -314,7 +307,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
             q = query_round(queries_due(t, horizon - args.learning_starts) - asked, first=asked == 0)
             asked, metrics = q.get("queries", asked), metrics | q
         if t > 0 and asked > 0:
-            metrics |= update(rb.sample())
+            b = rb.sample()
+            metrics |= update({k: b[k] for k in ("obs", "act", "next_obs")})
         if step % args.log_every == 0 and metrics:
             logger.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -352,7 +346,6 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    update = utils.maybe_compile(update, args.compile)
     bar, step, next_eval, asked = utils.progress(args.total_steps, "drlhp-ppo"), 0, args.eval_every, 0
     while step < args.total_steps:
         optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)

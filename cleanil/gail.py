@@ -80,8 +80,9 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the generator's update step with torch.compile"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
+    least 20k updates, where the one-off compile time pays off"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the discriminator to runs/<run>/discriminator.pt"""
     run_dir: str = "runs"
@@ -186,14 +187,28 @@ def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor,
     ).sum() / policy_w.sum()
 
 
+def tanh_mlp_input_grad(net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(z) and grad_z d(z) of a tanh MLP, by hand: h_k = tanh(W_k h_{k-1} + b_k), h_0 = z, d = w^T h_K + c,
+        grad_z d = W_1^T diag(1 - h_1^2) ... W_K^T diag(1 - h_K^2) w.
+    First-order in the weights (no double backward), so the penalty compiles with the rest of the update."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    hs, h = [], z
+    for layer in linears[:-1]:
+        h = torch.tanh(layer(h))
+        hs.append(h)
+    out, grad = linears[-1](h).squeeze(-1), linears[-1].weight.expand(len(z), -1)
+    for layer, h_k in zip(reversed(linears[:-1]), reversed(hs), strict=True):
+        grad = (grad * (1 - h_k * h_k)) @ layer.weight
+    return out, grad
+
+
 def gradient_penalty(net: nn.Module, z_expert: torch.Tensor, z_policy: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """E[(||grad_z net(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
-    over the pairs with ``keep`` = 1 (all by default)."""
+    over the pairs with ``keep`` = 1 (all by default). ``net`` is a tanh MLP (or one linear layer)."""
     eps = torch.rand(len(z_expert), 1, device=z_expert.device)
-    z = (eps * z_expert + (1 - eps) * z_policy).requires_grad_(True)
-    (grad,) = torch.autograd.grad(net(z).sum(), z, create_graph=True)
-    keep = torch.ones(len(z), device=z.device) if keep is None else keep
+    _, grad = tanh_mlp_input_grad(net, eps * z_expert + (1 - eps) * z_policy)
+    keep = torch.ones(len(grad), device=grad.device) if keep is None else keep
     return ((grad.norm(dim=-1) - 1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
 
 
@@ -227,39 +242,30 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
     critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    fused = device.type == "cpu" or None
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=fused)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr, fused=fused)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
+    alpha_opt = utils.Adam([log_alpha], args.lr)
 
-    def update(b: dict) -> dict:
+    def update(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, mask: torch.Tensor) -> dict:
         alpha = log_alpha.exp().detach()
         with torch.no_grad():  # the reward of every replayed transition, from the current discriminator
-            reward = policy_reward(disc(disc_input(b["obs"], b["act"])), args.reward)
-        y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
-        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
+            reward = policy_reward(disc(disc_input(obs, act)), args.reward)
+        y = sac_critic_target(next_obs, reward, mask, actor, targets, alpha, args.gamma)
+        critic_loss = sum(F.mse_loss(c(obs, act), y) for c in critics)
+        critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
-        live = 1 - b["obs"][:, -1]
-        a, logp = actor.sample(b["obs"][:, :-1])
-        q = torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))
+        live = 1 - obs[:, -1]
+        a, logp = actor.sample(obs[:, :-1])
+        q = torch.min(critics[0](obs, a), critics[1](obs, a))
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
-        actor_opt.zero_grad()
-        actor_loss.backward()
-        actor_opt.step()
+        actor_opt.step(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
-        alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1)
-        alpha_opt.zero_grad()
-        alpha_loss.backward()
-        alpha_opt.step()
+        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
-                "reward_mean": reward.mean(), "replay/absorbing_share": b["obs"][:, -1].mean()}  # fmt: skip
+                "reward_mean": reward.mean(), "replay/absorbing_share": obs[:, -1].mean()}  # fmt: skip
 
-    update = utils.maybe_compile(update, args.compile)
+    update = utils.maybe_compile(update, args.compile, args.total_steps)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
     env = utils.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed)
@@ -281,7 +287,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
             for i in range(args.disc_updates or 1):
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
                 disc_metrics = update_disc(d["obs"], d["act"])
-            metrics = update(b) | disc_metrics
+            metrics = update(b["obs"], b["act"], b["next_obs"], b["mask"]) | disc_metrics
         if step % args.log_every == 0 and metrics:
             logger.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -324,7 +330,6 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    update = utils.maybe_compile(update, args.compile)
     bar, step, next_eval = utils.progress(args.total_steps, "gail-ppo"), 0, args.eval_every
     while step < args.total_steps:
         if args.anneal_lr:
@@ -409,7 +414,7 @@ def main(args: Args) -> dict:
     disc.norm.mean.copy_(expert_x.mean(0))
     disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
     disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
-    disc_opt = torch.optim.Adam(disc.parameters(), lr=args.disc_lr)
+    disc_opt = utils.Adam(disc.parameters(), args.disc_lr)
 
     def update_disc(policy_obs: torch.Tensor, policy_act: torch.Tensor) -> dict:
         """One step on -E_E[log D] - E_pi[log(1 - D)] + lambda GP, with as many expert as policy samples."""
@@ -422,13 +427,13 @@ def main(args: Args) -> dict:
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * flag_e, 1 + w_abs * flag_pi)
         keep = (1 - flag_e) * (1 - flag_pi)  # pairs away from the absorbing state
         gp = gradient_penalty(disc.net, z_e, z_pi, keep) if args.gp_weight > 0 else torch.zeros((), device=device)
-        disc_opt.zero_grad()
-        (loss + args.gp_weight * gp).backward()
-        disc_opt.step()
+        disc_opt.step(loss + args.gp_weight * gp)
         accuracy = ((logit_e > 0).float().mean() + (logit_pi < 0).float().mean()) / 2
         return {"losses/discriminator": loss.detach(), "losses/gradient_penalty": gp.detach(),
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
+
+    update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps)
 
     logger = utils.RunLogger(args, f"gail_{generator}", env_id)
     actor, final = (train_sac if generator == "sac" else train_ppo)(args, spec, device, disc, update_disc, logger)

@@ -71,8 +71,9 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the update step with torch.compile"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
+    least 20k updates, where the one-off compile time pays off"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the Q network(s) to runs/<run>/reward.pt"""
     run_dir: str = "runs"
@@ -187,9 +188,9 @@ def main(args: Args) -> dict:
         actor = actor.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.tensor([np.log(args.init_temp)], dtype=torch.float32, device=device, requires_grad=True)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.critic_lr)
-    actor_opt = None if spec.discrete else torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.critic_lr) if args.learn_temp else None
+    critic_opt = utils.Adam(critics.parameters(), args.critic_lr)
+    actor_opt = None if spec.discrete else utils.Adam(actor.parameters(), args.actor_lr)
+    alpha_opt = utils.Adam([log_alpha], args.critic_lr) if args.learn_temp else None
 
     def q_values(nets: nn.ModuleList, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
         if spec.discrete:
@@ -212,27 +213,20 @@ def main(args: Args) -> dict:
         losses = [iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss, args.chi_alpha,
                           not args.offline) for q in q_values(critics, b["obs"], b["act"])]  # fmt: skip
         loss = sum(twin_loss for twin_loss, _ in losses) / len(losses)  # each twin trained on its own loss
-        critic_opt.zero_grad()
-        loss.backward()
-        critic_opt.step()
+        critic_opt.step(loss)
         metrics = losses[0][1] | {"losses/iq": loss.detach()}
         if not spec.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
             a, logp = actor.sample(b["obs"])
             actor_loss = (alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))).mean()
-            actor_opt.zero_grad()
-            actor_loss.backward()
-            actor_opt.step()
+            actor_opt.step(actor_loss)
             metrics["losses/actor"] = actor_loss.detach()
             if alpha_opt is not None:  # temperature: min E[-alpha (log pi - dim(A))]
-                alpha_loss = -(log_alpha * (logp.detach() - spec.act_dim)).mean()
-                alpha_opt.zero_grad()
-                alpha_loss.backward()
-                alpha_opt.step()
+                alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim)).mean())
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return metrics | {"alpha": alpha}
 
-    update = utils.maybe_compile(update, args.compile)
+    update = utils.maybe_compile(update, args.compile, args.total_steps)
 
     @torch.no_grad()
     def recovered_reward(b: dict) -> np.ndarray:

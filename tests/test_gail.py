@@ -29,6 +29,11 @@ def test_discriminator_loss_hand_computed(mod):
     assert loss.item() == pytest.approx(LN2 + math.log(4.0))
 
 
+def penalized(mod, net):
+    """What each file's gradient_penalty takes: the tanh MLP itself (gail) or its value-and-gradient (airl)."""
+    return net if mod is gail else (lambda z: mod.tanh_mlp_input_grad(net, z))
+
+
 @pytest.mark.parametrize("mod", [gail, airl])
 def test_gradient_penalty_of_a_linear_discriminator(mod):
     """d(z) = w . z has gradient w everywhere: the penalty is (||w|| - 1)^2 whatever the interpolates."""
@@ -36,13 +41,34 @@ def test_gradient_penalty_of_a_linear_discriminator(mod):
     z_e, z_pi = torch.randn(64, 2), torch.randn(64, 2)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[3.0, 4.0]]))
-    assert mod.gradient_penalty(net, z_e, z_pi).item() == pytest.approx(16.0)
+    assert mod.gradient_penalty(penalized(mod, net), z_e, z_pi).item() == pytest.approx(16.0)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[0.6, 0.8]]))
-    assert mod.gradient_penalty(net, z_e, z_pi).item() == pytest.approx(0.0, abs=1e-10)
-    # first-order and differentiable: the penalty's gradient reaches the discriminator's weights
-    mod.gradient_penalty(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)),
-                          z_e, z_pi).backward()  # fmt: skip
+    assert mod.gradient_penalty(penalized(mod, net), z_e, z_pi).item() == pytest.approx(0.0, abs=1e-10)
+    # differentiable: the penalty's gradient reaches the discriminator's weights
+    tanh_net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    mod.gradient_penalty(penalized(mod, tanh_net), z_e, z_pi).backward()
+    assert tanh_net[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mod", [gail, airl])
+def test_hand_written_input_gradient_matches_autograd(mod):
+    torch.manual_seed(0)
+    net = utils.mlp(5, 1, (16, 8), torch.nn.Tanh)
+    z = torch.randn(32, 5, requires_grad=True)
+    value, grad = mod.tanh_mlp_input_grad(net, z)
+    (expected,) = torch.autograd.grad(net(z).sum(), z)
+    assert torch.allclose(value, net(z).squeeze(-1)) and torch.allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("state_only", [False, True])
+def test_airl_shaped_reward_gradient_matches_autograd(state_only):
+    torch.manual_seed(0)
+    net = airl.RewardNet(4, 2, (16, 16), state_only, gamma=0.9)
+    z = torch.randn(32, 10, requires_grad=True)  # [s (4), a (2), s' (4)]
+    value, grad = net.f_and_grad(z)
+    (expected,) = torch.autograd.grad(net.f_of_z(z).sum(), z)
+    assert torch.allclose(value, net.f_of_z(z)) and torch.allclose(grad, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("mod", [gail, airl])
