@@ -70,8 +70,9 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool | None = None
-    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
-    least 20k updates, where the one-off compile time pays off"""
+    """compile the update steps with torch.compile (eager if that fails); None: if >= 20k updates, where it pays"""
+    cudagraphs: bool = False
+    """with a compiled update on a GPU, replay it as a CUDA graph (torch.compile mode reduce-overhead)"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the reward ensemble to runs/<run>/reward.pt"""
     run_dir: str = "runs"
@@ -284,7 +285,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "alpha": alpha, "reward_mean": r.mean()}
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps)
+    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
     env = utils.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed)

@@ -81,8 +81,9 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool | None = None
-    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
-    least 20k updates, where the one-off compile time pays off"""
+    """compile the update steps with torch.compile (eager if that fails); None: if >= 20k updates, where it pays"""
+    cudagraphs: bool = False
+    """with a compiled update on a GPU, replay it as a CUDA graph (torch.compile mode reduce-overhead)"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the discriminator to runs/<run>/discriminator.pt"""
     run_dir: str = "runs"
@@ -265,7 +266,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
                 "reward_mean": reward.mean(), "replay/absorbing_share": obs[:, -1].mean()}  # fmt: skip
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps)
+    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
     env = utils.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed)
@@ -433,7 +434,7 @@ def main(args: Args) -> dict:
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
 
-    update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps)
+    update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps, args.cudagraphs)
 
     logger = utils.RunLogger(args, f"gail_{generator}", env_id)
     actor, final = (train_sac if generator == "sac" else train_ppo)(args, spec, device, disc, update_disc, logger)

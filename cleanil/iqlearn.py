@@ -72,8 +72,9 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
     compile: bool | None = None
-    """compile the update steps with torch.compile (falls back to eager if it fails); None: for runs of at
-    least 20k updates, where the one-off compile time pays off"""
+    """compile the update steps with torch.compile (eager if that fails); None: if >= 20k updates, where it pays"""
+    cudagraphs: bool = False
+    """with a compiled update on a GPU, replay it as a CUDA graph (torch.compile mode reduce-overhead)"""
     save_model: bool = True
     """save the policy to runs/<run>/model.pt and the Q network(s) to runs/<run>/reward.pt"""
     run_dir: str = "runs"
@@ -226,7 +227,7 @@ def main(args: Args) -> dict:
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return metrics | {"alpha": alpha}
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps)
+    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
 
     @torch.no_grad()
     def recovered_reward(b: dict) -> np.ndarray:

@@ -244,13 +244,16 @@ def make_actor(spec: EnvSpec, hidden: tuple[int, ...] = (256, 256)) -> nn.Module
 COMPILE_MIN_UPDATES = 20_000  # compiling costs ~20-30 s once and saves ~2 ms per update: worth it from here
 
 
-def maybe_compile(fn: Callable, enabled: bool | None, updates: int = 0) -> Callable:
+def maybe_compile(fn: Callable, enabled: bool | None, updates: int = 0, cudagraphs: bool = False) -> Callable:
     """``torch.compile`` an update step as one graph (gradients by ``torch.autograd.grad`` traced into it).
-    ``enabled`` None: compile if the run makes at least ``COMPILE_MIN_UPDATES`` calls (``updates``)."""
+    ``enabled`` None: compile if the run makes at least ``COMPILE_MIN_UPDATES`` calls (``updates``).
+    ``cudagraphs``: on a GPU, replay the compiled step as a CUDA graph (mode reduce-overhead)."""
     if not (enabled if enabled is not None else updates >= COMPILE_MIN_UPDATES):
         return fn
-    torch._dynamo.config.trace_autograd_ops = True
-    current = torch.compile(fn, fullgraph=True)
+    if hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        torch._dynamo.config.trace_autograd_ops = True
+    mode = "reduce-overhead" if cudagraphs and torch.cuda.is_available() else None
+    current = torch.compile(fn, fullgraph=True, mode=mode)
 
     def call(*args: Any, **kwargs: Any) -> Any:
         nonlocal current
@@ -279,6 +282,9 @@ class Adam:
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.t = torch.zeros((), device=self.params[0].device)  # a tensor: no recompile as it counts
+        if self.t.is_cuda:  # fixed addresses, so that a CUDA graph can update the state in place
+            for state in [*self.m, *self.v, self.t]:
+                torch._dynamo.mark_static_address(state)
 
     def step(self, loss: torch.Tensor) -> None:
         """Differentiate ``loss`` with respect to this optimizer's parameters only, and take one step."""

@@ -133,3 +133,18 @@ def test_benchmark_suite_grid(tmp_path):
     assert not any(r[0] in missing for r in runs)  # algorithms without a file are left out
     res = run_cli("scripts/benchmark.py", "--suite", "classic", "--seeds", "1", "--dry-run", "--out-dir", str(tmp_path))
     assert res.returncode == 0 and "seed 2" not in res.stdout
+
+
+def test_speed_report(tmp_path):
+    """scripts/speed.py times the eager and compiled loops against plain SAC and writes its table."""
+    out = tmp_path / "speed.md"
+    res = run_cli("scripts/speed.py", "--algos", "iqlearn", "--env", "Pendulum", "--learning-starts", "300",
+                  "--warmup", "40", "--measure", "80", "--repeats", "1", "--threads", "1", "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = out.read_text()
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| iqlearn")]
+    assert [r[1].strip() for r in rows] == ["eager", "compiled"]
+    for r in rows:
+        rate, flops = float(r[2]), float(r[6])
+        assert rate > 0 and flops > 0  # measured env steps/s and counted FLOPs of one update
+    assert "Simulator alone" in report and "Plain eager SAC loop" in report

@@ -1,0 +1,191 @@
+"""Measure how fast the training loops run, against the simulator and the machine's matmul peak.
+
+For each algorithm's off-policy loop (one update per env step) on an env, in one invocation:
+- env steps/s of the loop in steady state, with the update compiled (``--compile True``, the default for
+  long runs) and eager (``--compile False``), the two interleaved ``--repeats`` times so that both see
+  the same machine; plus the plain eager SAC loop of scripts/train_expert.py (torch.optim, backward())
+  as the common reference;
+- the raw simulator step rate (random actions, one env);
+- the matmul throughput of this machine at the update's shapes (batch x 256 x 256, fp32), and the
+  FLOPs of one update (counted by torch's FlopCounterMode), hence the share of peak the loop achieves.
+The steady-state rate is taken between two logged steps after the warm-up (learning starts and the
+one-off compile), so neither the random-action phase nor compilation is counted.
+
+Writes a markdown report (``--out``, benchmark_results/speed.md by default) with the machine described.
+
+Run: python scripts/speed.py --algos gail airl iqlearn drlhp --env HalfCheetah
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cleanil import utils
+
+REPO = Path(__file__).resolve().parent.parent
+PLAIN = "plain SAC"  # scripts/train_expert.py's eager loop
+
+
+@dataclass
+class Args:
+    algos: tuple[str, ...] = ("gail", "airl", "iqlearn", "drlhp")
+    """off-policy algorithms to time (file names under cleanil/)"""
+    env: str = "HalfCheetah"
+    """environment (alias or gymnasium id)"""
+    device: str = "cpu"
+    """torch device of the loops: cpu or cuda"""
+    learning_starts: int = 1_000
+    """env steps of random actions before the updates start"""
+    warmup: int = 1_500
+    """env steps timed from learning start before the measurement (covers the one-off compile)"""
+    measure: int = 2_000
+    """env steps measured per run"""
+    repeats: int = 2
+    """eager/compiled pairs per algorithm, interleaved"""
+    cudagraphs: bool = False
+    """also time the compiled loop replayed as CUDA graphs (--cudagraphs; GPU only)"""
+    threads: int | None = None
+    """torch threads of each run (OMP_NUM_THREADS); None: torch's default for this machine"""
+    out: str = "benchmark_results/speed.md"
+    """markdown report to write ('' prints only)"""
+
+
+def loop_rate(script: str, env: str, flags: list[str], args: Args, run_dir: str) -> float:
+    """Steady-state env steps/s of one run: steps between the first logged step after the warm-up and the
+    last one, over the time between them."""
+    total = args.learning_starts + args.warmup + args.measure
+    cmd = [sys.executable, script, "--env", env, "--total-steps", str(total), "--learning-starts",
+           str(args.learning_starts), "--log-every", str(max(args.measure // 8, 1)), "--eval-every", str(total),
+           "--device", args.device, "--run-dir", run_dir, *flags]  # fmt: skip
+    cmd += ["--eval-episodes", "1"] + (["--out-dir", run_dir, "--final-eval-episodes", "1",
+                                        "--checkpoint-every", "0"] if "train_expert" in script else [])  # fmt: skip
+    envvars = {**os.environ, "WANDB_MODE": "disabled"}
+    if args.threads:
+        envvars["OMP_NUM_THREADS"] = str(args.threads)
+    before = set(Path(run_dir).iterdir()) if Path(run_dir).exists() else set()
+    res = subprocess.run(cmd, cwd=REPO, env=envvars, capture_output=True, text=True)
+    if res.returncode != 0 or "torch.compile failed" in res.stderr:
+        lines = [x for x in res.stderr.strip().splitlines() if "error" in x.lower() or "failed" in x] or ["?"]
+        print(f"{shlex.join(cmd)} failed: {lines[-1]}", file=sys.stderr)
+        return float("nan")
+    (run,) = [p for p in Path(run_dir).iterdir() if p.is_dir() and p not in before and (p / "metrics.jsonl").exists()]
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "alpha" in r and "eval/return" not in r]  # rows logged by updates
+    start = next(r for r in rows if r["global_step"] >= args.learning_starts + args.warmup)
+    return (rows[-1]["global_step"] - start["global_step"]) / (rows[-1]["time"] - start["time"])
+
+
+def simulator_rate(env_id: str, steps: int = 20_000) -> float:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(steps)]
+    t = time.perf_counter()
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    return steps / (time.perf_counter() - t)
+
+
+def matmul_peak(device: torch.device, batch: int = 256, width: int = 256) -> float:
+    """FLOP/s of fp32 (batch x width) @ (width x width), the update's dominant shape."""
+    a, b = torch.randn(batch, width, device=device), torch.randn(width, width, device=device)
+    reps = 2_000 if device.type == "cpu" else 20_000
+    for _ in range(50):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * batch * width * width * reps / (time.perf_counter() - t))
+    return best
+
+
+def flops_per_update(algo: str, env: str) -> float:
+    """FLOPs of one update, from two short eager runs that differ only in their number of updates."""
+    module = __import__(f"cleanil.{algo}", fromlist=["main"])
+    counts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for updates in (5, 15):
+            args = module.Args(env=env, total_steps=300 + updates, learning_starts=300, eval_every=10**9,
+                               eval_episodes=1, compile=False, save_model=False, run_dir=tmp)  # fmt: skip
+            with FlopCounterMode(display=False) as counter:
+                module.main(args)
+            counts.append(counter.get_total_flops())
+    return (counts[1] - counts[0]) / 10
+
+
+def main(args: Args) -> None:
+    env_id = utils.resolve_env_id(args.env)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sim, peak = simulator_rate(env_id), matmul_peak(device)
+    modes = {"eager": ["--compile", "False"], "compiled": ["--compile", "True"]}
+    if args.cudagraphs:
+        modes["compiled + CUDA graphs"] = ["--compile", "True", "--cudagraphs"]
+    rates: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            rates.setdefault((PLAIN, "eager"), []).append(loop_rate("scripts/train_expert.py", env_id, [], args, tmp))
+            for algo in args.algos:
+                for mode, flags in modes.items():
+                    rate = loop_rate(f"cleanil/{algo}.py", env_id, flags, args, tmp)
+                    rates.setdefault((algo, mode), []).append(rate)
+                    print(f"repeat {r + 1}/{args.repeats}: {algo} {mode} {rate:.1f} env steps/s", flush=True)
+    flops = {algo: flops_per_update(algo, env_id) for algo in args.algos}
+    plain = float(np.median(rates[(PLAIN, "eager")]))
+    m = utils.machine()
+    lines = [
+        f"# Training speed: {env_id}, device {args.device}",
+        "",
+        f"Generated by `python scripts/speed.py {shlex.join(sys.argv[1:])}` at git {utils.git_revision()}.",
+        f"Machine: {m}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
+        + ".",
+        "",
+        f"- Simulator alone (random actions, one env): **{sim:,.0f} env steps/s**.",
+        f"- Matmul peak at the update's shape (256 x 256 x 256, fp32): **{peak / 1e9:,.1f} GFLOP/s**.",
+        f"- Plain eager SAC loop (scripts/train_expert.py): **{plain:.1f} env steps/s** (median of {args.repeats}).",
+        "",
+        "Every loop makes one update per env step (batch 256, 256x256 networks), so updates/s = env steps/s. "
+        "Rates are medians over the repeats, measured after the warm-up; the ratios come from this one run.",
+        "",
+        "| algorithm | mode | env steps/s | vs eager | vs plain SAC | loop / simulator | MFLOP per update "
+        "| achieved / peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for algo in args.algos:
+        eager = float(np.median(rates[(algo, "eager")]))
+        for mode in modes:
+            rate = float(np.median(rates[(algo, mode)]))
+            lines.append(f"| {algo} | {mode} | {rate:.1f} | {rate / eager:.2f}x | {rate / plain:.2f}x | "
+                         f"{rate / sim:.4f} | {flops[algo] / 1e6:.0f} | {rate * flops[algo] / peak:.0%} |")  # fmt: skip
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, Args, "speed")
