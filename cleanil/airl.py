@@ -253,14 +253,14 @@ def log_pi(actor: nn.Module, obs: torch.Tensor, act: torch.Tensor, discrete: boo
 
 
 def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.Tensor, actor: nn.Module,
-                      targets: nn.ModuleList, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
+                      targets: nn.Module, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
     """y = r + gamma * mask * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
     in the absorbing state a' = 0 with no entropy term (a single action)."""
     with torch.no_grad():
         live = 1 - next_obs[:, -1:]
         a2, logp2 = actor.sample(next_obs[:, :-1])
         a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
-        q_next = torch.min(targets[0](next_obs, a2), targets[1](next_obs, a2)) - alpha * logp2
+        q_next = targets(next_obs, a2).min(0).values - alpha * logp2
         return reward + gamma * mask * q_next
 
 
@@ -269,7 +269,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
               update_disc: Callable | None, logger: utils.RunLogger) -> dict:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update (none with --reward-from), one SAC
     update on rewards recomputed by ``reward_fn(batch)``."""
-    critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
@@ -280,12 +280,12 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         with torch.no_grad():  # the reward of every replayed transition, from the current reward net
             reward = reward_fn(b)
         y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
-        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
+        critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
         critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
-        q = torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))
+        q = critics(b["obs"], a).min(0).values
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
         actor_opt.step(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)

@@ -256,7 +256,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
     --query-every steps."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
@@ -270,15 +270,13 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
             live = 1 - b["next_obs"][:, -1:]
             a2, logp2 = actor.sample(b["next_obs"][:, :-1])
             a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
-            y = r + args.gamma * (
-                torch.min(targets[0](b["next_obs"], a2), targets[1](b["next_obs"], a2)) - alpha * logp2
-            )
-        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
+            y = r + args.gamma * (targets(b["next_obs"], a2).min(0).values - alpha * logp2)
+        critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
         critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states; temperature toward H = -dim(A)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
-        actor_loss = ((alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))) * live).sum()
+        actor_loss = ((alpha * logp - critics(b["obs"], a).min(0).values) * live).sum()
         actor_opt.step(actor_loss / live.sum().clamp_min(1))
         alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta

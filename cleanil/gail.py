@@ -223,14 +223,14 @@ def policy_reward(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.Tensor, actor: nn.Module,
-                      targets: nn.ModuleList, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
+                      targets: nn.Module, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
     """y = r + gamma * mask * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
     in the absorbing state a' = 0 with no entropy term (a single action)."""
     with torch.no_grad():
         live = 1 - next_obs[:, -1:]
         a2, logp2 = actor.sample(next_obs[:, :-1])
         a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
-        q_next = torch.min(targets[0](next_obs, a2), targets[1](next_obs, a2)) - alpha * logp2
+        q_next = targets(next_obs, a2).min(0).values - alpha * logp2
         return reward + gamma * mask * q_next
 
 
@@ -240,7 +240,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
     """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = nn.ModuleList([utils.QNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
@@ -251,12 +251,12 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         with torch.no_grad():  # the reward of every replayed transition, from the current discriminator
             reward = policy_reward(disc(disc_input(obs, act)), args.reward)
         y = sac_critic_target(next_obs, reward, mask, actor, targets, alpha, args.gamma)
-        critic_loss = sum(F.mse_loss(c(obs, act), y) for c in critics)
+        critic_loss = (critics(obs, act) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
         critic_opt.step(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
         live = 1 - obs[:, -1]
         a, logp = actor.sample(obs[:, :-1])
-        q = torch.min(critics[0](obs, a), critics[1](obs, a))
+        q = critics(obs, a).min(0).values
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
         actor_opt.step(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)

@@ -184,7 +184,7 @@ def main(args: Args) -> dict:
         q_net.norm.std.copy_(obs_std)
         critics, actor = nn.ModuleList([q_net]), q_net
     else:
-        critics = nn.ModuleList([utils.QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)]).to(device)
+        critics = utils.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden).to(device)
         actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
         actor = actor.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
@@ -193,18 +193,18 @@ def main(args: Args) -> dict:
     actor_opt = None if spec.discrete else utils.Adam(actor.parameters(), args.actor_lr)
     alpha_opt = utils.Adam([log_alpha], args.critic_lr) if args.learn_temp else None
 
-    def q_values(nets: nn.ModuleList, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
+    def q_values(nets: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
         if spec.discrete:
             return [nets[0](obs).gather(-1, act.long().unsqueeze(-1)).squeeze(-1)]
-        return [c(obs, act) for c in nets]
+        return list(nets(obs, act))  # the twins
 
-    def value(nets: nn.ModuleList, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def value(nets: nn.Module, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """V(s): alpha logsumexp(Q / alpha) (discrete) or min_j Q_j(s, a) - alpha log pi(a|s), a ~ pi (continuous)."""
         if spec.discrete:
             return soft_value_discrete(nets[0](obs), alpha)
         with torch.no_grad():
             a, logp = actor.sample(obs)
-        return torch.min(nets[0](obs, a), nets[1](obs, a)) - alpha * logp
+        return nets(obs, a).min(0).values - alpha * logp
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
@@ -218,7 +218,7 @@ def main(args: Args) -> dict:
         metrics = losses[0][1] | {"losses/iq": loss.detach()}
         if not spec.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
             a, logp = actor.sample(b["obs"])
-            actor_loss = (alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))).mean()
+            actor_loss = (alpha * logp - critics(b["obs"], a).min(0).values).mean()
             actor_opt.step(actor_loss)
             metrics["losses/actor"] = actor_loss.detach()
             if alpha_opt is not None:  # temperature: min E[-alpha (log pi - dim(A))]

@@ -234,6 +234,26 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, act], -1)).squeeze(-1)
 
 
+class TwinQNetwork(nn.Module):
+    """n independent Q(s, a) MLPs (ReLU) evaluated as one batched network: layer k's weights are stacked
+    as [n, in, out] and applied with one ``baddbmm``, so twin critics cost one matmul per layer, not n.
+    Initialized like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)). Returns Q-values shaped [n, batch]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), n: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim, *hidden, 1]
+        shapes = [(i, o, 1 / math.sqrt(i)) for i, o in zip(dims[:-1], dims[1:], strict=True)]
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(n, i, o).uniform_(-b, b)) for i, o, b in shapes)
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(n, 1, o).uniform_(-b, b)) for _, o, b in shapes)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], -1).expand(len(self.weights[0]), -1, -1)
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            x = torch.relu(x) if k < len(self.weights) - 1 else x
+        return x.squeeze(-1)
+
+
 def make_actor(spec: EnvSpec, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
     """Categorical actor for discrete actions, tanh-Gaussian actor for continuous ones."""
     if spec.discrete:

@@ -95,12 +95,12 @@ def test_gail_discriminator_sees_no_action_in_the_absorbing_state():
 def test_critic_target_bootstraps_through_the_absorbing_state(mod):
     torch.manual_seed(0)
     actor = utils.TanhGaussianActor(2, 1, np.array([-1.0]), np.array([1.0]), (8,))
-    targets = torch.nn.ModuleList([utils.QNetwork(3, 1, (8,)) for _ in range(2)])
+    targets = utils.TwinQNetwork(3, 1, (8,))
     s_abs = torch.tensor([[0.0, 0.0, 1.0]])
     reward, gamma = torch.tensor([0.5]), 0.9
     y = mod.sac_critic_target(s_abs, reward, torch.ones(1), actor, targets, torch.tensor(0.2), gamma)
     zero = torch.zeros(1, 1)
-    q_abs = torch.min(targets[0](s_abs, zero), targets[1](s_abs, zero))
+    q_abs = torch.min(*targets(s_abs, zero))
     assert y.item() == pytest.approx((reward + gamma * q_abs).item())  # Q(s_abs, 0), no entropy term
     masked = mod.sac_critic_target(s_abs, reward, torch.zeros(1), actor, targets, torch.tensor(0.2), gamma)
     assert masked.item() == pytest.approx(0.5)
@@ -147,3 +147,21 @@ def test_bad_input_gets_one_line(tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     missing = run_cli("cleanil/gail.py", "--env", "Pendulum", "--demos", str(tmp_path / "none.npz"))
     assert missing.returncode == 2 and "none.npz" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_twin_q_network_is_two_independent_mlps():
+    """Each of the batched twins computes what an nn.Linear MLP with its weights computes."""
+    torch.manual_seed(0)
+    twin = utils.TwinQNetwork(3, 2, (8, 4))
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    q = twin(obs, act)
+    assert q.shape == (2, 5)
+    for j in range(2):
+        single = utils.QNetwork(3, 2, (8, 4))
+        with torch.no_grad():
+            for layer, w, b in zip([m for m in single.net if isinstance(m, torch.nn.Linear)], twin.weights,
+                                   twin.biases, strict=True):  # fmt: skip
+                layer.weight.copy_(w[j].T)
+                layer.bias.copy_(b[j, 0])
+        assert torch.allclose(q[j], single(obs, act), atol=1e-6)
+    assert not torch.allclose(q[0], q[1])  # initialized independently

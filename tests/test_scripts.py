@@ -139,7 +139,8 @@ def test_speed_report(tmp_path):
     """scripts/speed.py times the eager and compiled loops against plain SAC and writes its table."""
     out = tmp_path / "speed.md"
     res = run_cli("scripts/speed.py", "--algos", "iqlearn", "--env", "Pendulum", "--learning-starts", "300",
-                  "--warmup", "40", "--measure", "80", "--repeats", "1", "--threads", "1", "--out", str(out))  # fmt: skip
+                  "--warmup", "40", "--measure", "80", "--repeats", "1", "--threads", "1",
+                  "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = out.read_text()
     rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| iqlearn")]
