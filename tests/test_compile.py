@@ -16,6 +16,7 @@ CASES = {
     "gail": (gail, SAC | {"num_demos": 2, "disc_hidden": (16, 16), "batch_size": 64}),
     "airl": (airl, SAC | {"num_demos": 2, "disc_hidden": (16, 16), "batch_size": 64}),
     "iqlearn": (iqlearn, SAC | {"num_demos": 1, "heldout_demos": 1, "batch_size": 64}),
+    "iqlearn_discrete": (iqlearn, SAC | {"env": "CartPole", "num_demos": 1, "heldout_demos": 1, "batch_size": 64}),
     "drlhp": (
         drlhp,
         SAC | {"num_queries": 20, "reward_updates": 5, "fragment_length": 10, "query_every": 100, "batch_size": 64},
