@@ -180,6 +180,9 @@ class RewardNet(nn.Module):
         return self.g_of_z(self.z(obs, act, obs))
 
 
+BATCH_KEYS = ("obs", "act", "next_obs", "mask")  # the transition fields the update steps read
+
+
 def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
                    absorbing: bool) -> dict[str, np.ndarray]:  # fmt: skip
     """Transitions over flag-augmented states, s -> [s, 0]. With ``absorbing``, a terminated (s, a, s')
@@ -316,8 +319,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             b, disc_metrics = rb.sample(), {}
             for i in range((args.disc_updates or 1) if update_disc else 0):
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
-                disc_metrics = update_disc({k: d[k] for k in ("obs", "act", "next_obs", "mask")})
-            metrics = update({k: b[k] for k in ("obs", "act", "next_obs", "mask")}) | disc_metrics
+                disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS})
+            metrics = update({k: b[k] for k in BATCH_KEYS}) | disc_metrics
         if step % args.log_every == 0 and metrics:
             logger.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -390,7 +393,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
         for _ in range(args.disc_updates or 10):
             idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
-            disc_metrics = update_disc({k: d[k][idx] for k in ("obs", "act", "next_obs", "mask")})
+            disc_metrics = update_disc({k: d[k][idx] for k in BATCH_KEYS})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()

@@ -320,15 +320,6 @@ class Adam:
             torch._foreach_mul_(update, -self.lr / (1 - self.b1**self.t))
             torch._foreach_add_(self.params, update)
 
-    def state_dict(self) -> dict:
-        return {"m": self.m, "v": self.v, "t": self.t}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.m, state["m"])
-            torch._foreach_copy_(self.v, state["v"])
-            self.t.copy_(state["t"])
-
 
 def save_policy(path: str | Path, actor: nn.Module, spec: EnvSpec, hidden: tuple[int, ...], **extra: Any) -> None:
     """Save an actor built by ``make_actor`` so that ``load_policy`` can rebuild it."""

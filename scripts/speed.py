@@ -18,6 +18,7 @@ Run: python scripts/speed.py --algos gail airl iqlearn drlhp --env HalfCheetah
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -122,7 +123,7 @@ def matmul_peak(device: torch.device, batch: int = 256, width: int = 256) -> flo
 
 def flops_per_update(algo: str, env: str) -> float:
     """FLOPs of one update, from two short eager runs that differ only in their number of updates."""
-    module = __import__(f"cleanil.{algo}", fromlist=["main"])
+    module = importlib.import_module(f"cleanil.{algo}")
     counts = []
     with tempfile.TemporaryDirectory() as tmp:
         for updates in (5, 15):

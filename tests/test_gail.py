@@ -147,21 +147,3 @@ def test_bad_input_gets_one_line(tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     missing = run_cli("cleanil/gail.py", "--env", "Pendulum", "--demos", str(tmp_path / "none.npz"))
     assert missing.returncode == 2 and "none.npz" in missing.stderr and "Traceback" not in missing.stderr
-
-
-def test_twin_q_network_is_two_independent_mlps():
-    """Each of the batched twins computes what an nn.Linear MLP with its weights computes."""
-    torch.manual_seed(0)
-    twin = utils.TwinQNetwork(3, 2, (8, 4))
-    obs, act = torch.randn(5, 3), torch.randn(5, 2)
-    q = twin(obs, act)
-    assert q.shape == (2, 5)
-    for j in range(2):
-        single = utils.QNetwork(3, 2, (8, 4))
-        with torch.no_grad():
-            for layer, w, b in zip([m for m in single.net if isinstance(m, torch.nn.Linear)], twin.weights,
-                                   twin.biases, strict=True):  # fmt: skip
-                layer.weight.copy_(w[j].T)
-                layer.bias.copy_(b[j, 0])
-        assert torch.allclose(q[j], single(obs, act), atol=1e-6)
-    assert not torch.allclose(q[0], q[1])  # initialized independently

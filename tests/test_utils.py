@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -204,3 +205,38 @@ def test_normalized_score_is_affine():
     for r in (-1500.0, -150.0, 0.0):
         assert utils.normalized_score(r, "Pendulum-v1") == pytest.approx((r - lo) / (hi - lo))
         assert math.isfinite(utils.normalized_score(r, "Pendulum-v1"))
+
+
+def test_twin_q_network_is_two_independent_mlps():
+    """Each of the batched twins computes what an nn.Linear MLP with its weights computes."""
+    torch.manual_seed(0)
+    twin = utils.TwinQNetwork(3, 2, (8, 4))
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    q = twin(obs, act)
+    assert q.shape == (2, 5)
+    for j in range(2):
+        single = utils.QNetwork(3, 2, (8, 4))
+        with torch.no_grad():
+            for layer, w, b in zip([m for m in single.net if isinstance(m, torch.nn.Linear)], twin.weights,
+                                   twin.biases, strict=True):  # fmt: skip
+                layer.weight.copy_(w[j].T)
+                layer.bias.copy_(b[j, 0])
+        assert torch.allclose(q[j], single(obs, act), atol=1e-6)
+    assert not torch.allclose(q[0], q[1])  # initialized independently
+
+
+def test_foreach_adam_follows_torch_adam():
+    """utils.Adam (compilable) takes the same steps as torch.optim.Adam with default settings."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    b = copy.deepcopy(a)
+    opt_a, opt_b = torch.optim.Adam(a.parameters(), lr=1e-2), utils.Adam(b.parameters(), 1e-2)
+    for _ in range(50):
+        x, y = torch.randn(32, 5), torch.randn(32)
+        loss_a = (a(x).squeeze(-1) - y).pow(2).mean()
+        opt_a.zero_grad()
+        loss_a.backward()
+        opt_a.step()
+        opt_b.step((b(x).squeeze(-1) - y).pow(2).mean())
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
