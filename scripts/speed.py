@@ -64,10 +64,11 @@ class Args:
     """markdown report to write ('' prints only)"""
 
 
-def loop_rate(script: str, env: str, flags: list[str], args: Args, run_dir: str) -> float:
+def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) -> float:
     """Steady-state env steps/s of one run: steps between the first logged step after the warm-up and the
     last one, over the time between them."""
     total = args.learning_starts + args.warmup + args.measure
+    run_dir = tempfile.mkdtemp(dir=root)  # its own folder: run names only differ by the second they start
     cmd = [sys.executable, script, "--env", env, "--total-steps", str(total), "--learning-starts",
            str(args.learning_starts), "--log-every", str(max(args.measure // 8, 1)), "--eval-every", str(total),
            "--device", args.device, "--run-dir", run_dir, *flags]  # fmt: skip
@@ -76,13 +77,12 @@ def loop_rate(script: str, env: str, flags: list[str], args: Args, run_dir: str)
     envvars = {**os.environ, "WANDB_MODE": "disabled"}
     if args.threads:
         envvars["OMP_NUM_THREADS"] = str(args.threads)
-    before = set(Path(run_dir).iterdir()) if Path(run_dir).exists() else set()
     res = subprocess.run(cmd, cwd=REPO, env=envvars, capture_output=True, text=True)
     if res.returncode != 0 or "torch.compile failed" in res.stderr:
         lines = [x for x in res.stderr.strip().splitlines() if "error" in x.lower() or "failed" in x] or ["?"]
         print(f"{shlex.join(cmd)} failed: {lines[-1]}", file=sys.stderr)
         return float("nan")
-    (run,) = [p for p in Path(run_dir).iterdir() if p.is_dir() and p not in before and (p / "metrics.jsonl").exists()]
+    (run,) = [p for p in Path(run_dir).iterdir() if (p / "metrics.jsonl").exists()]
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "alpha" in r and "eval/return" not in r]  # rows logged by updates
     start = next(r for r in rows if r["global_step"] >= args.learning_starts + args.warmup)
@@ -128,7 +128,8 @@ def flops_per_update(algo: str, env: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         for updates in (5, 15):
             args = module.Args(env=env, total_steps=300 + updates, learning_starts=300, eval_every=10**9,
-                               eval_episodes=1, compile=False, save_model=False, run_dir=tmp)  # fmt: skip
+                               eval_episodes=1, compile=False, save_model=False,
+                               run_dir=tempfile.mkdtemp(dir=tmp))  # fmt: skip
             with FlopCounterMode(display=False) as counter:
                 module.main(args)
             counts.append(counter.get_total_flops())
