@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -86,6 +85,14 @@ class Args:
     """save the policy to runs/<run>/model.pt and the learned reward to runs/<run>/reward.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 10_000
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- AIRL
     generator: Literal["sac", "ppo"] | None = None
     """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
@@ -269,7 +276,7 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
 
 # ----------------------------------------------------------------------------- generators
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.Module, reward_fn: Callable,
-              update_disc: Callable | None, logger: utils.RunLogger) -> dict:  # fmt: skip
+              update_disc: Callable | None, run: utils.Run, state: dict) -> dict:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update (none with --reward-from), one SAC
     update on rewards recomputed by ``reward_fn(batch)``."""
     critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
@@ -300,11 +307,15 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
 
     update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    run.restore(state | {
+        "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
+        "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
     env = utils.make_vec_env(spec.env_id, 1)
-    env.single_action_space.seed(args.seed)
-    obs = env.reset(seed=args.seed)[0]
-    bar, metrics = utils.progress(args.total_steps, "airl-sac" if update_disc else "sac-on-reward"), {}
-    for step in range(1, args.total_steps + 1):
+    env.single_action_space.seed(args.seed + run.start)
+    obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
+    bar = utils.progress(args.total_steps, "airl-sac" if update_disc else "sac-on-reward", run.start)
+    metrics = {}
+    for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
         else:
@@ -322,23 +333,25 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
                 disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS})
             metrics = update({k: b[k] for k in BATCH_KEYS}) | disc_metrics
         if step % args.log_every == 0 and metrics:
-            logger.log(step, metrics, env_steps=step)
+            run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
             evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, evaluation, env_steps=step)
+            run.log(step, evaluation, env_steps=step)
+        run.tick(step)
     bar.close()
     return evaluation
 
 
 def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.Module, reward_net: RewardNet,
-              update_disc: Callable, logger: utils.RunLogger) -> dict:  # fmt: skip
+              update_disc: Callable, run: utils.Run, state: dict) -> dict:  # fmt: skip
     """On-policy generator: roll out, update the discriminator on the rollout, relabel it with
     f - log pi, PPO epochs."""
     critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer})
     envs = utils.make_vec_env(spec.env_id, args.num_envs)
-    obs = envs.reset(seed=args.seed)[0]
+    obs = envs.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
     s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
     s_abs[0, -1] = 1
@@ -362,7 +375,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    bar, step, next_eval = utils.progress(args.total_steps, "airl-ppo"), 0, args.eval_every
+    step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
+    bar = utils.progress(args.total_steps, "airl-ppo", step)
     while step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
@@ -422,11 +436,12 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             for idx in torch.randperm(T * n, device=device).split(args.batch_size):
                 metrics = update(o[idx], tensors["act"][idx], logp_t[idx], adv[idx], ret[idx])
         metrics |= disc_metrics | {"reward_mean": reward.mean(), "reward_absorbing": r_abs.squeeze()}
-        logger.log(step, metrics, env_steps=step)
+        run.log(step, metrics, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
             evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, evaluation, env_steps=step)
+            run.log(step, evaluation, env_steps=step)
+        run.tick(step)
     bar.close()
     return evaluation
 
@@ -459,11 +474,11 @@ def main(args: Args) -> dict:
 
     if args.reward_from:  # reward transfer: a fresh SAC on the saved g, true reward hidden
         net = load_reward(args.reward_from, spec, device)
-        logger = utils.RunLogger(args, "airl_reward_transfer", env_id)
-        final = train_sac(args, spec, device, actor, lambda b: net.reward(b["obs"], b["act"]), None, logger)
+        run = utils.Run(args, "airl_reward_transfer", env_id, args.total_steps)
+        final = train_sac(args, spec, device, actor, lambda b: net.reward(b["obs"], b["act"]), None, run, {})
         if args.save_model:
-            utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
-        logger.close()
+            utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
+        run.close()
         return final
 
     demos = utils.load_demos(env_id, args.num_demos, args.demos)
@@ -500,17 +515,18 @@ def main(args: Args) -> dict:
     def sac_reward(b: dict) -> torch.Tensor:  # f(s, a, s'); SAC adds -alpha log pi itself
         return reward_net.f_of_z(reward_net.z(b["obs"], b["act"], b["next_obs"]), b["mask"])
 
-    logger = utils.RunLogger(args, f"airl_{generator}", env_id)
+    run = utils.Run(args, f"airl_{generator}", env_id, args.total_steps)
+    state = {"reward": reward_net, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     if generator == "sac":
-        final = train_sac(args, spec, device, actor, sac_reward, update_disc, logger)
+        final = train_sac(args, spec, device, actor, sac_reward, update_disc, run, state)
     else:
-        final = train_ppo(args, spec, device, actor, reward_net, update_disc, logger)
+        final = train_ppo(args, spec, device, actor, reward_net, update_disc, run, state)
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="airl")
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="airl")
         blob = {"state_dict": reward_net.state_dict(), "hidden": list(args.disc_hidden), "gamma": args.gamma,
                 "state_only": args.state_only, "env_id": env_id, "args": asdict(args)}  # fmt: skip
-        utils.atomic_torch_save(blob, Path(logger.dir) / "reward.pt")
-    logger.close()
+        utils.atomic_torch_save(blob, run.dir / "reward.pt")
+    run.close()
     return final
 
 

@@ -61,6 +61,14 @@ class Args:
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 5_000
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- behavioral cloning
     batch_size: int = 256
     """minibatch size of expert transitions"""
@@ -142,31 +150,33 @@ def main(args: Args) -> dict:
         return {k: v.detach() for k, v in out.items()}
 
     update = utils.maybe_compile(update, args.compile)
-    logger = utils.RunLogger(args, "bc", env_id)
+    run = utils.Run(args, "bc", env_id, args.total_steps)
+    run.restore({"actor": actor, "optimizer": optimizer})  # from the checkpoint, with --resume
     policy = utils.numpy_policy(actor, device)
     print(f"{env_id}: {args.num_demos} demos, {len(train_idx)} training / {n_val} validation transitions")
 
     metrics: dict = {}
-    bar = utils.progress(args.total_steps, "bc")
-    for step in range(1, args.total_steps + 1):
+    bar = utils.progress(args.total_steps, "bc", run.start)
+    for step in range(run.start + 1, args.total_steps + 1):
         batch = train_idx[torch.randint(len(train_idx), (args.batch_size,), device=device)]
         train = update(batch)
         if step % args.log_every == 0 or step == args.total_steps:
             with torch.no_grad():
                 val = losses(val_idx)
             metrics = {f"train/{k}": v for k, v in train.items()} | {"val/nll": val["nll"], "val/loss": val["loss"]}
-            logger.log(step, metrics)
+            run.log(step, metrics)
         if step % args.eval_every == 0 or step == args.total_steps:
             actor.eval()
             metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
             actor.train()
-            logger.log(step, metrics)
+            run.log(step, metrics)
         bar.update(1)
+        run.tick(step)
     bar.close()
 
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="bc")
-    logger.close()
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="bc")
+    run.close()
     return metrics
 
 

@@ -78,6 +78,14 @@ class Args:
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 1
+    """write runs/<run>/checkpoint.pt every this many rounds; also at the end and on Ctrl-C/SIGTERM"""
     # ---- DAgger
     expert: str | None = None
     """the expert: None (the shipped one), a policy file saved by cleanil, or module:function"""
@@ -198,17 +206,23 @@ def main(args: Args) -> dict:
 
     update = utils.maybe_compile(update, args.compile)
     learner = utils.numpy_policy(actor, device)
-    logger = utils.RunLogger(args, "dagger", env_id)
+    run = utils.Run(args, "dagger", env_id, args.rounds)  # a step of the run is a round
+    saved = run.restore({"actor": actor, "optimizer": optimizer},
+                        lambda: {"data": {k: np.array(v) for k, v in data.items()}, "env_steps": env_steps,
+                                 "rng": rng.bit_generator.state})  # fmt: skip
+    if saved:  # resuming: the aggregated dataset and counters (the episode in flight is not kept)
+        data = {k: list(v) for k, v in saved["data"].items()}
+        rng.bit_generator.state = saved["rng"]
     env = gym.make(env_id)
-    obs, _ = env.reset(seed=args.seed)
+    obs, _ = env.reset(seed=args.seed + run.start)
     steps_per_round = args.total_steps // args.rounds
     # the dataset as tensors for training, extended by each round's new rows (initial demos first)
     obs_t = torch.as_tensor(np.array(data["obs"]), dtype=torch.float32, device=device).reshape(-1, spec.obs_dim)
     labels = torch.as_tensor(np.array(data["actions"]), device=device)
     labels = labels.long() if spec.discrete else labels.float().reshape(-1, spec.act_dim)
-    env_steps, metrics = 0, {}
-    bar = utils.progress(args.rounds * steps_per_round, "dagger")
-    for i in range(args.rounds):
+    env_steps, metrics = saved["env_steps"] if saved else 0, {}
+    bar = utils.progress(args.rounds * steps_per_round, "dagger", env_steps)
+    for i in range(run.start, args.rounds):
         beta = beta_schedule(args.beta_schedule, i, args.beta0, args.beta_decay_rounds, args.beta_ratio)
         # 1-3: roll out the mixture, label every visited state with the expert's action, aggregate
         expert_share, first_new = 0, len(data["obs"])
@@ -250,13 +264,14 @@ def main(args: Args) -> dict:
             actor.eval()
             metrics |= utils.evaluate(learner, env_id, args.eval_episodes, args.seed)
             actor.train()
-        logger.log(i + 1, metrics, env_steps=env_steps)
+        run.log(i + 1, metrics, env_steps=env_steps)
+        run.tick(i + 1)
     bar.close()
     env.close()
 
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="dagger")
-    logger.close()
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="dagger")
+    run.close()
     return metrics
 
 

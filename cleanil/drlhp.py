@@ -77,6 +77,14 @@ class Args:
     """save the policy to runs/<run>/model.pt and the reward ensemble to runs/<run>/reward.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 10_000
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- preferences
     num_queries: int = 500
     """total number of preference labels asked over the run"""
@@ -250,8 +258,8 @@ def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, termi
 
 
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
-              add_fragments: Callable, query_round: Callable, queries_due: Callable,
-              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: utils.Run,
+              restore: Callable) -> tuple[nn.Module, dict]:  # fmt: skip
     """SAC on r_hat: one env step, one update; the initial queries when learning starts, then every
     --query-every steps."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
@@ -285,12 +293,15 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
 
     update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    asked = restore({
+        "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
+        "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
     env = utils.make_vec_env(spec.env_id, 1)
-    env.single_action_space.seed(args.seed)
+    env.single_action_space.seed(args.seed + run.start)
     cutter = FragmentCutter(1, args.fragment_length, spec.obs_dim, spec.act_dim)
-    obs = env.reset(seed=args.seed)[0]
-    bar, metrics, asked, horizon = utils.progress(args.total_steps, "drlhp-sac"), {}, 0, args.total_steps
-    for step in range(1, args.total_steps + 1):
+    obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
+    bar, metrics, horizon = utils.progress(args.total_steps, "drlhp-sac", run.start), {}, args.total_steps
+    for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
         else:
@@ -309,26 +320,28 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
             b = rb.sample()
             metrics |= update({k: b[k] for k in ("obs", "act", "next_obs")})
         if step % args.log_every == 0 and metrics:
-            logger.log(step, metrics, env_steps=step)
+            run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
             final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, final, env_steps=step)
+            run.log(step, final, env_steps=step)
+        run.tick(step)
     bar.close()
     return actor, final
 
 
 def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
-              add_fragments: Callable, query_round: Callable, queries_due: Callable,
-              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: utils.Run,
+              restore: Callable) -> tuple[nn.Module, dict]:  # fmt: skip
     """PPO on r_hat (discrete actions): the initial queries after the first rollout, before any
     update; then a query round after the rollouts that cross a multiple of --query-every."""
     actor = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
     critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    asked = restore({"actor": actor, "critic": critic, "optimizer": optimizer})
     envs = utils.make_vec_env(spec.env_id, args.num_envs)
     cutter = FragmentCutter(args.num_envs, args.fragment_length, spec.obs_dim, spec.act_dim)
-    obs = envs.reset(seed=args.seed)[0]
+    obs = envs.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
     s_abs, a_abs = torch.zeros(1, spec.obs_dim + 1, device=device), torch.zeros(1, spec.act_dim, device=device)
     s_abs[0, -1] = 1  # the absorbing state: zeros and a flag, a single (zero) action
@@ -345,7 +358,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    bar, step, next_eval, asked = utils.progress(args.total_steps, "drlhp-ppo"), 0, args.eval_every, 0
+    step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
+    bar = utils.progress(args.total_steps, "drlhp-ppo", step)
     while step < args.total_steps:
         optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
         rows: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "next_obs", "term", "trunc")}
@@ -389,11 +403,12 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         for _ in range(args.update_epochs):
             for idx in torch.randperm(T * n, device=device).split(args.batch_size):
                 metrics = update(*(x[idx] for x in flat))
-        logger.log(step, metrics | q | {"reward_mean": r.mean(), "reward_absorbing": r_abs.squeeze()}, env_steps=step)
+        run.log(step, metrics | q | {"reward_mean": r.mean(), "reward_absorbing": r_abs.squeeze()}, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
             final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, final, env_steps=step)
+            run.log(step, final, env_steps=step)
+        run.tick(step)
     bar.close()
     return actor, final
 
@@ -413,7 +428,7 @@ def main(args: Args) -> dict:
     reward_opt = torch.optim.Adam(reward.parameters(), lr=args.reward_lr)
     pool: list[dict] = []
     labels: dict[str, torch.Tensor] = {}  # the labelled pairs: o1, a1, o2, a2 [N, L, ...] and mu [N]
-    logger = utils.RunLogger(args, "drlhp", env_id)
+    run = utils.Run(args, "drlhp", env_id, args.total_steps)
 
     def act_vec(a: np.ndarray) -> np.ndarray:
         return np.eye(act_dim, dtype=np.float32)[a] if spec.discrete else a.astype(np.float32)
@@ -490,13 +505,27 @@ def main(args: Args) -> dict:
         pool.extend(new)
         del pool[: max(0, len(pool) - args.pool_size)]
 
-    run = train_sac if not spec.discrete else train_ppo
-    actor, final = run(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, logger)
+    def restore(objects: dict) -> int:
+        """Register the trainer's ``objects`` and the preference data with the checkpoint, load them when
+        resuming (a custom gatherer's own state is not saved), and return the number of labels asked."""
+        oracle = gatherer.rng if isinstance(gatherer, SyntheticOracle) else None
+        saved = run.restore(objects | {"reward": reward, "reward_opt": reward_opt},
+                            lambda: {"pool": pool, "labels": labels, "rng": rng.bit_generator.state,
+                                     "oracle": oracle and oracle.bit_generator.state})  # fmt: skip
+        if saved:
+            pool[:], rng.bit_generator.state = saved["pool"], saved["rng"]
+            labels.update({k: v.to(device) for k, v in saved["labels"].items()})
+            if oracle is not None:
+                oracle.bit_generator.state = saved["oracle"]
+        return len(labels["mu"]) if labels else 0
+
+    train = train_sac if not spec.discrete else train_ppo
+    actor, final = train(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, run, restore)
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
         utils.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),
-                                 "ensemble": args.ensemble, "env_id": env_id}, logger.dir / "reward.pt")  # fmt: skip
-    logger.close()
+                                 "ensemble": args.ensemble, "env_id": env_id}, run.dir / "reward.pt")  # fmt: skip
+    run.close()
     return final
 
 

@@ -88,6 +88,14 @@ class Args:
     """save the policy to runs/<run>/model.pt and the discriminator to runs/<run>/discriminator.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 10_000
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- GAIL
     generator: Literal["sac", "ppo"] | None = None
     """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
@@ -103,6 +111,8 @@ class Args:
     """discriminator learning rate"""
     disc_updates: int | None = None
     """discriminator updates per SAC update (sac) or per rollout (ppo); None: 1 (sac) or 10 (ppo)"""
+    disc_every: int = 1
+    """sac: update the discriminator after every this many env steps only (a weaker discriminator)"""
     disc_batch_size: int = 256
     """policy samples per discriminator update (and as many expert samples)"""
     hidden: tuple[int, ...] = (256, 256)
@@ -236,7 +246,7 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
 
 # ----------------------------------------------------------------------------- generators
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
-              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+              run: utils.Run, state: dict) -> tuple[nn.Module, dict]:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
@@ -268,11 +278,14 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
 
     update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    run.restore(state | {
+        "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
+        "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
     env = utils.make_vec_env(spec.env_id, 1)
-    env.single_action_space.seed(args.seed)
-    obs = env.reset(seed=args.seed)[0]
-    bar, metrics = utils.progress(args.total_steps, "gail-sac"), {}
-    for step in range(1, args.total_steps + 1):
+    env.single_action_space.seed(args.seed + run.start)
+    obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
+    bar, metrics, disc_metrics = utils.progress(args.total_steps, "gail-sac", run.start), {}, {}
+    for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
         else:
@@ -285,28 +298,30 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         bar.update(1)
         if step > args.learning_starts:
             b = rb.sample()
-            for i in range(args.disc_updates or 1):
+            for i in range(args.disc_updates or 1) if step % args.disc_every == 0 else []:
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
                 disc_metrics = update_disc(d["obs"], d["act"])
             metrics = update(b["obs"], b["act"], b["next_obs"], b["mask"]) | disc_metrics
         if step % args.log_every == 0 and metrics:
-            logger.log(step, metrics, env_steps=step)
+            run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
             evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, evaluation, env_steps=step)
+            run.log(step, evaluation, env_steps=step)
+        run.tick(step)
     bar.close()
     return actor, evaluation
 
 
 def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
-              logger: utils.RunLogger) -> tuple[nn.Module, dict]:  # fmt: skip
+              run: utils.Run, state: dict) -> tuple[nn.Module, dict]:  # fmt: skip
     """On-policy generator: roll out, update the discriminator on the rollout, relabel it, PPO epochs."""
     actor = utils.make_actor(spec, args.hidden).to(device)
     critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
+    run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer})
     envs = utils.make_vec_env(spec.env_id, args.num_envs)
-    obs = envs.reset(seed=args.seed)[0]
+    obs = envs.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
     s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
     s_abs[0, -1] = 1
@@ -331,7 +346,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         optimizer.step()
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
-    bar, step, next_eval = utils.progress(args.total_steps, "gail-ppo"), 0, args.eval_every
+    step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
+    bar = utils.progress(args.total_steps, "gail-ppo", step)
     while step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
@@ -387,11 +403,12 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
             for idx in torch.randperm(T * n, device=device).split(args.batch_size):
                 metrics = update(o[idx], a_t[idx], logp_t[idx], adv[idx], ret[idx])
         metrics |= disc_metrics | {"reward_mean": reward.mean(), "reward_absorbing": r_abs.squeeze()}
-        logger.log(step, metrics, env_steps=step)
+        run.log(step, metrics, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
             evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
-            logger.log(step, evaluation, env_steps=step)
+            run.log(step, evaluation, env_steps=step)
+        run.tick(step)
     bar.close()
     return actor, evaluation
 
@@ -436,14 +453,15 @@ def main(args: Args) -> dict:
 
     update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps, args.cudagraphs)
 
-    logger = utils.RunLogger(args, f"gail_{generator}", env_id)
-    actor, final = (train_sac if generator == "sac" else train_ppo)(args, spec, device, disc, update_disc, logger)
+    run = utils.Run(args, f"gail_{generator}", env_id, args.total_steps)
+    train = train_sac if generator == "sac" else train_ppo
+    actor, final = train(args, spec, device, disc, update_disc, run, {"disc": disc, "disc_opt": disc_opt})
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="gail")
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="gail")
         blob = {"state_dict": disc.state_dict(), "hidden": list(args.disc_hidden), "reward": args.reward,
                 "absorbing": args.absorbing}  # fmt: skip
-        utils.atomic_torch_save(blob, logger.dir / "discriminator.pt")
-    logger.close()
+        utils.atomic_torch_save(blob, run.dir / "discriminator.pt")
+    run.close()
     return final
 
 

@@ -79,6 +79,14 @@ class Args:
     """save the policy to runs/<run>/model.pt and the Q network(s) to runs/<run>/reward.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 10_000
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- IQ-Learn
     offline: bool = False
     """learn from the expert data alone, without env interaction"""
@@ -240,25 +248,30 @@ def main(args: Args) -> dict:
         policy = utils.numpy_policy(actor, device)
         metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
         metrics["reward/pearson_heldout"] = pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())
-        logger.log(step, metrics, env_steps=0 if args.offline else step)
+        run.log(step, metrics, env_steps=0 if args.offline else step)
         return metrics
 
     def sample(rows: dict, n: int) -> dict:
         idx = torch.randint(len(rows["obs"]), (n,), device=device)
         return {k: rows[k][idx] for k in ("obs", "act", "next_obs", "done")}
 
-    logger = utils.RunLogger(args, "iqlearn_offline" if args.offline else "iqlearn", env_id)
-    bar, metrics, final = utils.progress(args.total_steps, "iqlearn"), {}, {}
+    run = utils.Run(args, "iqlearn_offline" if args.offline else "iqlearn", env_id, args.total_steps)
+    bar, metrics, final = utils.progress(args.total_steps, "iqlearn", run.start), {}, {}
     # expert flags of a batch: all rows offline; the first half online (expert rows, then policy rows)
     n_expert = args.batch_size if args.offline else args.batch_size // 2
     n_rows = n_expert if args.offline else 2 * n_expert
     is_expert = (torch.arange(n_rows, device=device) < n_expert).float()
+    state = {"critics": critics, "targets": targets, "actor": actor, "log_alpha": log_alpha, "critic_opt": critic_opt,
+             "actor_opt": actor_opt, "alpha_opt": alpha_opt}  # fmt: skip
     if not args.offline:
         rb = utils.make_replay_buffer(args.buffer_size, args.batch_size // 2, device)
+        state["replay"] = rb
+    run.restore({k: v for k, v in state.items() if v is not None})
+    if not args.offline:
         env = utils.make_vec_env(env_id, 1)
-        env.single_action_space.seed(args.seed)
-        obs = env.reset(seed=args.seed)[0]
-    for step in range(1, args.total_steps + 1):
+        env.single_action_space.seed(args.seed + run.start)
+        obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
+    for step in range(run.start + 1, args.total_steps + 1):
         if not args.offline:  # one env step with the current policy (no reward stored)
             if step <= args.learning_starts:
                 action = np.array([env.single_action_space.sample()])
@@ -284,17 +297,18 @@ def main(args: Args) -> dict:
                 b = {k: torch.cat([e[k], p[k].to(e[k].dtype)]) for k in e} | {"is_expert": is_expert}
             metrics = update(b)
         if step % args.log_every == 0 and metrics:
-            logger.log(step, metrics, env_steps=0 if args.offline else step)
+            run.log(step, metrics, env_steps=0 if args.offline else step)
         if step % args.eval_every == 0 or step == args.total_steps:
             final = evaluate(step)
+        run.tick(step)
     bar.close()
 
     if args.save_model:
-        utils.save_policy(logger.dir / "model.pt", actor, spec, args.hidden, algo="iqlearn")
+        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="iqlearn")
         blob = {"critics": critics.state_dict(), "actor": actor.state_dict(), "alpha": float(log_alpha.detach().exp()),
                 "gamma": args.gamma, "hidden": list(args.hidden), "env_id": env_id}  # fmt: skip
-        utils.atomic_torch_save(blob, logger.dir / "reward.pt")
-    logger.close()
+        utils.atomic_torch_save(blob, run.dir / "reward.pt")
+    run.close()
     return final
 
 

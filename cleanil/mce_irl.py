@@ -85,6 +85,14 @@ class Args:
     """save the learned reward and its soft-optimal policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
+    resume: str | None = None
+    """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
+    checkpoint_every: int = 100
+    """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- maximum causal entropy IRL
     env_kwargs: str = "{}"
     """keyword arguments for gym.make as JSON, e.g. '{"is_slippery": false}' for FrozenLake"""
@@ -440,15 +448,16 @@ def main(args: Args) -> dict:
     reward_net = RewardNet(index, args.reward_net, args.hidden).to(device)
     optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / args.total_steps)
-    logger = utils.RunLogger(args, "mce_irl", env_id)
+    run = utils.Run(args, "mce_irl", env_id, args.total_steps)
+    run.restore({"reward_net": reward_net, "optimizer": optimizer, "schedule": schedule})
     print(
         f"{env_id}: {mdp.n_states - 1} states + absorbing, {mdp.n_actions} actions, "
         f"horizon {'infinite' if horizon is None else horizon}, gamma {args.gamma}; matching {source}; expert return "
         f"{expert_return:.3f}, random {random_return:.3f}, optimal {optimal_return(true_reward):.3f}"
     )
 
-    start, bar = time.time(), utils.progress(args.total_steps, "mce_irl")
-    for step in range(1, args.total_steps + 1):
+    start, bar = time.time(), utils.progress(args.total_steps, "mce_irl", run.start)
+    for step in range(run.start + 1, args.total_steps + 1):
         reward = reward_net()
         log_pi, rho = solve(reward.detach())
         # max |rho - rho_E| over the env's state-action pairs; the absorbing state we add is reported apart
@@ -467,7 +476,7 @@ def main(args: Args) -> dict:
                 "eval/mce_policy_normalized_return": normalized(mce_ret),
                 "train_seconds": time.time() - start,
             }
-            logger.log(step, metrics)
+            run.log(step, metrics)
         if converged:
             break
         # one Adam step on the MCE surrogate (+ optional L2 prior)
@@ -479,6 +488,7 @@ def main(args: Args) -> dict:
         optimizer.step()
         schedule.step()
         bar.update(1)
+        run.tick(step)
     bar.close()
     print(
         f"stopped after {step} updates ({time.time() - start:.1f}s), occupancy gap {gap:.2e}; normalized return of "
@@ -495,12 +505,12 @@ def main(args: Args) -> dict:
                 "reward_net": reward_net.state_dict(),
                 "args": vars(args),
             },
-            logger.dir / "model.pt",
+            run.dir / "model.pt",
         )
     if mdp.grid is not None:
-        save_heat_map(str(logger.dir / "reward.png"), mdp, learned)
-        print(f"reward heat map: {logger.dir / 'reward.png'}")
-    logger.close()
+        save_heat_map(str(run.dir / "reward.png"), mdp, learned)
+        print(f"reward heat map: {run.dir / 'reward.png'}")
+    run.close()
     return metrics
 
 

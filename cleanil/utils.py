@@ -16,6 +16,8 @@ import math
 import os
 import platform
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from torchrl.data import ReplayBuffer
 
 logging.getLogger("torchrl").setLevel(logging.WARNING)  # silence per-storage INFO lines
+# torch.distributions' argument checks cost a host sync per distribution built, and turn a NaN into a
+# traceback deep in torch; Run's guard reports non-finite losses and parameters instead
+torch.distributions.Distribution.set_default_validate_args(False)
 
 
 def _mujoco_warning(message: str) -> None:
@@ -320,6 +325,14 @@ class Adam:
             torch._foreach_mul_(update, -self.lr / (1 - self.b1**self.t))
             torch._foreach_add_(self.params, update)
 
+    def state_dict(self) -> dict:
+        return {"m": self.m, "v": self.v, "t": self.t}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy in place: a compiled update keeps pointing at the same tensors."""
+        with torch.no_grad():
+            torch._foreach_copy_([*self.m, *self.v, self.t], [*state["m"], *state["v"], state["t"]])
+
 
 def save_policy(path: str | Path, actor: nn.Module, spec: EnvSpec, hidden: tuple[int, ...], **extra: Any) -> None:
     """Save an actor built by ``make_actor`` so that ``load_policy`` can rebuild it."""
@@ -589,7 +602,8 @@ class RunLogger:
 
     def __init__(self, args: Any, algo: str, env_id: str, resume: Path | None = None, step: int = 0,
                  elapsed: float = 0.0):  # fmt: skip
-        self.name = resume.name if resume else f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
+        default_name = f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
+        self.name = resume.name if resume else getattr(args, "run_name", None) or default_name
         self.dir = resume or Path(args.run_dir) / self.name
         config = {**dataclasses.asdict(args), "env_id": env_id, "algorithm": algo, "command": " ".join(sys.argv),
                   "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
@@ -598,13 +612,18 @@ class RunLogger:
             kept = "".join(r for r in rows if json.loads(r)["global_step"] <= step)
             (self.dir / "metrics.jsonl").write_text(kept)
         else:
+            if self.dir.exists() and not getattr(args, "overwrite", False):
+                raise CleanILError(f"{self.dir} already exists: pass --overwrite to replace it, "
+                                   f"or --resume {self.dir} to continue it")  # fmt: skip
             try:
+                if self.dir.exists():
+                    shutil.rmtree(self.dir)
                 self.dir.mkdir(parents=True, exist_ok=False)
                 (self.dir / "config.json").write_text(json.dumps(config, indent=2))
             except OSError as e:
                 raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
         self.metrics = open(self.dir / "metrics.jsonl", "a")
-        self.start, self.wandb = time.time() - elapsed, None
+        self.start_time, self.wandb = time.time() - elapsed, None
         if args.track:
             import wandb
 
@@ -617,7 +636,7 @@ class RunLogger:
         print(f"run {self.name}: {'resumed' if resume else 'outputs'} in {self.dir}")
 
     def log(self, step: int, metrics: dict, env_steps: int | None = None) -> None:
-        elapsed = time.time() - self.start
+        elapsed = time.time() - self.start_time
         row = {"global_step": step, "time": round(elapsed, 3)}
         if env_steps is not None:
             row.update(env_steps=env_steps, env_steps_per_s=round(env_steps / max(elapsed, 1e-9), 2))
@@ -637,8 +656,143 @@ class RunLogger:
             self.wandb.finish()
 
 
-def progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+class RunStopped(CleanILError):
+    """The run stopped early (a signal, a non-finite value); ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _state_of(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if hasattr(obj, "writer"):  # a torchrl replay buffer: its filled rows (not the whole capacity) and cursor
+        return {"data": obj.storage[: len(obj)].clone() if len(obj) else None, "writer": obj.writer.state_dict()}
+    return obj.state_dict()
+
+
+def _load_state(obj: Any, state: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        with torch.no_grad():
+            obj.copy_(state)
+    elif hasattr(obj, "writer"):
+        obj.empty()
+        if state["data"] is not None:
+            obj.extend(state["data"].to(obj.storage.device))
+        obj.writer.load_state_dict(state["writer"])
+    else:
+        obj.load_state_dict(state)
+
+
+class Run(RunLogger):
+    """A run's outputs (see RunLogger) and what lets it survive interruption and divergence.
+
+    - ``restore(objects)`` registers what the training loop needs to continue (modules, optimizers,
+      replay buffers, tensors, by name) and, with ``--resume DIR``, loads DIR/checkpoint.pt into them,
+      with the RNG states; ``start`` is then the checkpoint's step, and metrics.jsonl rows past it are
+      dropped, so the resumed run appends without duplicate steps.
+    - ``tick(step)``, after each step of the loop, writes checkpoint.pt atomically every
+      ``--checkpoint-every`` steps and at the last step; on SIGINT or SIGTERM it writes one and stops
+      with a line saying how to resume.
+    - ``log`` stops the run, naming the quantity and the step, when a loss or a parameter is not finite.
+      A checkpoint is never written from non-finite parameters, so the last one on disk stays good.
+    """
+
+    active: Run | None = None  # the run holding the signal handlers (one trains at a time in a process)
+
+    def __init__(self, args: Any, algo: str, env_id: str, total: int):
+        if Run.active is not None:  # a run that ended in an exception: give its handlers back
+            Run.active.close()
+        state, resume = None, Path(args.resume) if getattr(args, "resume", None) else None
+        if resume:
+            path = resume / "checkpoint.pt"
+            if not path.is_file():
+                raise CleanILError(f"--resume {resume}: no checkpoint.pt in that directory")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
+                raise CleanILError(f"{path} cannot be read ({type(e).__name__}): not a cleanil checkpoint") from None
+            if state["step"] >= total:
+                raise CleanILError(f"--resume {resume}: the run already reached step {state['step']}; "
+                                   f"pass a larger --total-steps to continue it")  # fmt: skip
+        self.state, self.start, self.total = state, state["step"] if state else 0, total
+        self.every = args.checkpoint_every
+        super().__init__(args, algo, env_id, resume, self.start, state["elapsed"] if state else 0.0)
+        self.objects, self.extra, self.signal, self.saved = {}, None, None, self.start if state else None
+        self.next_ckpt = (self.start // self.every + 1) * self.every if self.every else total
+        self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        Run.active = self
+        if state:
+            print(f"resuming at step {self.start}")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint")
+
+    def restore(self, objects: dict, extra: Callable[[], dict] | None = None) -> dict | None:
+        """Register ``objects`` (and ``extra()``: more state to save); load the checkpoint into them if resuming,
+        and return the extra state it saved."""
+        self.objects, self.extra = objects, extra
+        if self.state is None:
+            return None
+        for name, obj in objects.items():
+            _load_state(obj, self.state["objects"][name])
+        rng = self.state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return self.state["extra"]
+
+    def _check_finite(self, step: int, metrics: dict | None = None) -> None:
+        bad = [k for k, v in (metrics or {}).items() if "loss" in k and not math.isfinite(float(v))]
+        for name, obj in self.objects.items():
+            named = obj.named_parameters() if isinstance(obj, nn.Module) else [("", obj)] * torch.is_tensor(obj)
+            flags = [(f"{name}.{n}".strip("."), p.isfinite().all()) for n, p in named]
+            if flags and not bool(torch.stack([f for _, f in flags]).all()):
+                bad += [f"parameter {n}" for n, f in flags if not f]
+        if bad:
+            last = f"the last good checkpoint (step {self.saved}) is in {self.dir}"
+            last = last if self.saved is not None else "no checkpoint was written"
+            self.close()
+            raise RunStopped(f"{bad[0]} is not finite at step {step}: stopped; {last}", 3)
+
+    def log(self, step: int, metrics: dict, env_steps: int | None = None) -> None:
+        self._check_finite(step, metrics)
+        super().log(step, metrics, env_steps)
+
+    def tick(self, step: int) -> None:
+        """After each step: checkpoint when due (and at the last step); on a signal, checkpoint and stop."""
+        if self.signal is None and step < self.next_ckpt and step < self.total:
+            return
+        self._check_finite(step)
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        state = {"step": step, "elapsed": time.time() - self.start_time, "rng": rng,
+                 "objects": {k: _state_of(v) for k, v in self.objects.items()},
+                 "extra": self.extra() if self.extra else None}  # fmt: skip
+        atomic_torch_save(state, self.dir / "checkpoint.pt")
+        self.saved, self.next_ckpt = step, (step // self.every + 1) * self.every if self.every else self.total
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name
+            self.close()
+            raise RunStopped(f"{name} at step {step}: checkpoint written; continue with "
+                             f"python {sys.argv[0]} --resume {self.dir}", 128 + self.signal)  # fmt: skip
+
+    def close(self) -> None:
+        for s, h in self.handlers.items():
+            signal.signal(s, h)
+        self.handlers, Run.active = {}, None
+        if not self.metrics.closed:
+            super().close()
+
+
+def progress(total: int, desc: str, initial: int = 0) -> tqdm:
+    return tqdm(total=total, desc=desc, initial=initial, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -687,5 +841,5 @@ def run_cli(main: Callable, args_cls: type, config_dir: str) -> None:
         for bar in list(getattr(tqdm, "_instances", ())):  # clear progress bars so the error stands alone
             bar.leave = False
             bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {e}" if not isinstance(e, RunStopped) else str(e), file=sys.stderr)
+        sys.exit(getattr(e, "code", 2))

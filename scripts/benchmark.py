@@ -1,8 +1,9 @@
 """Run algorithms x envs x seeds and write one JSON record per run into benchmark_results/records/.
 
 Each job runs the algorithm's real CLI in its own process with one thread (OMP_NUM_THREADS=1),
-``--jobs`` at a time. A finished record is skipped on the next call (``--force`` reruns it), so an
-interrupted benchmark resumes where it stopped. Records hold the command, seed, git revision,
+``--jobs`` at a time. A finished record is skipped on the next call (``--force`` reruns it), and a
+run that was interrupted (Ctrl-C, SIGTERM, a session's end) continues from its last checkpoint
+(``--resume``), so an interrupted benchmark resumes where it stopped. Records hold the command, seed, git revision,
 library versions, machine, env steps, wall-clock, final and best normalized return and the curve.
 
 Benchmark seeds start at ``--first-seed`` (1 by default); development uses seed 0, so reported
@@ -82,17 +83,19 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     run_root = (utils.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
     run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
     cmd = [sys.executable, f"cleanil/{algo}.py", "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
-           *shlex.split(args.extra)]  # fmt: skip
+           "--run-name", "run", *shlex.split(args.extra)]  # fmt: skip
+    run_dir = run_root / "run"
+    resumed = (run_dir / "checkpoint.pt").exists() and not args.force  # an interrupted run: continue it
+    # otherwise start afresh, replacing what a failed run (or one rerun with --force) left
+    flags = ["--resume", os.path.relpath(run_dir, utils.REPO_ROOT)] if resumed else ["--overwrite"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     log = run_root.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.time() - start
+    with open(log, "a" if resumed else "w") as f:
+        proc = subprocess.run(cmd + flags, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         return f"FAILED {algo} {env_id} seed {seed} (exit {proc.returncode}, log {log})"
-    run_dir = max(run_root.iterdir(), key=lambda p: p.stat().st_mtime)
     config = json.loads((run_dir / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve, extra = [], {}  # extra: the latest value of quantities a curve is also read against (queries)
@@ -102,13 +105,15 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
             curve.append({"step": r["global_step"], "env_steps": r.get("env_steps", 0), "return": r["eval/return"],
                           "normalized_return": r.get("eval/normalized_return"), **extra})  # fmt: skip
     norms = [c["normalized_return"] for c in curve if c["normalized_return"] is not None]
+    # wall-clock: this process's, or for a resumed run the run's own clock (it continues across resumes)
+    wall = rows[-1]["time"] if resumed else time.time() - start
     record = {
         "algo": algo, "tag": args.tag, "env": env_id, "seed": seed,
         "command": " ".join(["python", *cmd[1:]]),
         "git": config["git"], "versions": config["versions"], "machine": config["machine"],
         "num_demos": config.get("num_demos"),
         "steps": rows[-1]["global_step"], "env_steps": max((r.get("env_steps", 0) for r in rows), default=0),
-        "wall_clock_s": round(wall, 1),
+        "wall_clock_s": round(wall, 1), "resumed": resumed,
         "final_return": curve[-1]["return"], "final_normalized_return": norms[-1] if norms else None,
         "best_normalized_return": max(norms) if norms else None,
         "curve": curve, "date": time.strftime("%Y-%m-%d"),

@@ -168,7 +168,7 @@ class Run:
             self.next_ckpt += self.args.checkpoint_every
             rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
             state = {"step": self.step, "best": self.best, "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
-                     "elapsed": time.time() - self.logger.start, "rng": rng, "extra": extra(),
+                     "elapsed": time.time() - self.logger.start_time, "rng": rng, "extra": extra(),
                      "modules": {k: m.state_dict() for k, m in modules.items()}}  # fmt: skip
             utils.atomic_torch_save(state, self.dir / "checkpoint.pt")
 
@@ -373,7 +373,7 @@ def main(args: Args) -> dict:
     run = Run(args, spec, algo)
     start = time.time()
     {"ppo": train_ppo, "dqn": train_dqn, "sac": train_sac}[algo](args, spec, device, run)
-    train_seconds = time.time() - run.logger.start
+    train_seconds = time.time() - run.logger.start_time
 
     # score the best policy and the random policy on seeds used nowhere else
     best = utils.load_policy(run.dir / "best.pt", spec).to(device)

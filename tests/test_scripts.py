@@ -109,6 +109,22 @@ def test_benchmark_writes_records_and_resumes(tmp_path):
     assert res.returncode == 2 and "unknown or missing algorithm" in res.stderr
 
 
+def test_benchmark_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
+    """A run that stopped at step 20 (its checkpoint) is resumed to 40, not restarted."""
+    tiny = ("--eval-every", "20", "--log-every", "20", "--eval-episodes", "2", "--num-demos", "2")
+    root = tmp_path / "runs" / "bc" / "CartPole-v1__seed1"
+    first = run_cli("cleanil/bc.py", "--env", "CartPole-v1", "--seed", "1", "--total-steps", "20", *tiny,
+                    "--run-dir", str(root), "--run-name", "run")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    res = run_cli("scripts/benchmark.py", "--algos", "bc", "--envs", "CartPole", "--seeds", "1", "--out-dir",
+                  str(tmp_path / "records"), "--run-root", str(tmp_path / "runs"),
+                  "--extra=--total-steps 40 " + " ".join(tiny))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "records" / "bc" / "CartPole-v1__seed1.json").read_text())
+    assert rec["resumed"] and [c["step"] for c in rec["curve"]] == [20, 40]
+    assert "resuming at step 20" in (root.with_suffix(".log")).read_text()
+
+
 @pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp"])
 def test_help_explains_every_flag(algo):
     import importlib
