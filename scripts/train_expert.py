@@ -5,8 +5,8 @@
   https://arxiv.org/abs/1812.05905) for continuous ones.
 - Evaluates every ``--eval-every`` env steps and keeps the best policy by evaluation return
   (runs/<run>/best.pt); writes a full checkpoint (networks, optimizers, replay buffer, RNG states,
-  counters) every ``--checkpoint-every`` env steps, so ``--resume runs/<run>`` continues an
-  interrupted run and appends to its metrics.jsonl.
+  counters) every ``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM, so ``--resume runs/<run>``
+  continues an interrupted run and appends to its metrics.jsonl.
 - At the end the best policy is scored over ``--final-eval-episodes`` deterministic episodes on
   reset seeds disjoint from demo and evaluation seeds, with the random policy's return, and written
   to ``<out-dir>/<EnvId>.pt`` with metadata ``<EnvId>.json`` -- only if it beats the expert already
@@ -24,7 +24,6 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,7 +58,7 @@ class Args:
     log_every: int = 1_000
     """log losses every this many env steps (off-policy; PPO logs after every rollout)"""
     checkpoint_every: int = 50_000
-    """write a resumable checkpoint every this many env steps (0: never)"""
+    """write runs/<run>/checkpoint.pt every this many env steps; also at the end and on Ctrl-C/SIGTERM"""
     resume: str | None = None
     """run directory (runs/<name>) to continue from its last checkpoint, with its saved settings as defaults"""
     out_dir: str = str(utils.EXPERT_DIR)
@@ -68,6 +67,10 @@ class Args:
     """replace an existing expert even if the new one scores lower"""
     run_dir: str = "runs"
     """folder under which each run gets its own directory"""
+    run_name: str | None = None
+    """name of the run's directory under run_dir (default: <env>__expert_<algo>__<seed>__<unix time>)"""
+    overwrite: bool = False
+    """replace an existing run directory of that name (without it, the run refuses to start)"""
     track: bool = False
     """log to Weights & Biases"""
     wandb_project: str = "cleanil"
@@ -123,40 +126,23 @@ class Args:
 
 # ----------------------------------------------------------------------------- checkpoints
 class Run:
-    """Counters, logging, best-policy tracking and resumable checkpoints shared by the three trainers."""
+    """Counters, evaluation and best-policy tracking shared by the three trainers, around utils.Run
+    (checkpoints, --resume, Ctrl-C/SIGTERM, the NaN guard)."""
 
     def __init__(self, args: Args, spec: utils.EnvSpec, algo: str):
-        self.args, self.spec, self.algo = args, spec, algo
-        if args.resume:
-            self.dir = Path(args.resume)
-            if not (self.dir / "checkpoint.pt").exists():
-                raise utils.CleanILError(f"--resume {args.resume}: no checkpoint.pt in that directory")
-            self.state = torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-            self.logger = utils.RunLogger(args, f"expert_{algo}", spec.env_id, self.dir, self.state["step"],
-                                          self.state["elapsed"])  # fmt: skip
-            print(f"resuming at env step {self.state['step']}")
-        else:
-            self.logger, self.state = utils.RunLogger(args, f"expert_{algo}", spec.env_id), None
-            self.dir = self.logger.dir
-        self.step = self.state["step"] if self.state else 0
-        self.best = self.state["best"] if self.state else -float("inf")
-        self.next_eval = self.state["next_eval"] if self.state else args.eval_every
-        self.next_ckpt = self.state["next_ckpt"] if self.state else args.checkpoint_every
+        self.args, self.spec = args, spec
+        self.logger = utils.Run(args, f"expert_{algo}", spec.env_id, args.total_steps)
+        self.dir, self.step, self.best = self.logger.dir, self.logger.start, -float("inf")
+        self.next_eval = (self.step // args.eval_every + 1) * args.eval_every
 
-    def restore(self, modules: dict) -> dict | None:
-        """Load saved state into ``modules`` (name -> object with load_state_dict); return extras."""
-        if self.state is None:
-            return None
-        for name, m in modules.items():
-            m.load_state_dict(self.state["modules"][name])
-        torch.set_rng_state(self.state["rng"]["torch"])
-        np.random.set_state(self.state["rng"]["numpy"])
-        random.setstate(self.state["rng"]["python"])
-        return self.state["extra"]
+    def restore(self, objects: dict) -> None:
+        """Register ``objects`` (networks, optimizers, replay buffer) and load them when resuming."""
+        saved = self.logger.restore(objects, lambda: {"best": self.best})
+        self.best = saved["best"] if saved else self.best
 
-    def tick(self, actor: torch.nn.Module, modules: dict, extra: Callable[[], dict], device: torch.device) -> None:
-        """Call after each env step: evaluate, keep the best policy, checkpoint (with ``extra()``) when due."""
-        if self.step >= self.next_eval or self.step == self.args.total_steps:
+    def tick(self, actor: torch.nn.Module, device: torch.device) -> None:
+        """Call after each env step (PPO: each rollout): evaluate, keep the best policy, checkpoint when due."""
+        if self.step >= self.next_eval or self.step >= self.args.total_steps:
             self.next_eval += self.args.eval_every
             policy = utils.numpy_policy(actor, device)
             metrics = utils.evaluate(policy, self.spec.env_id, self.args.eval_episodes, self.args.seed)
@@ -164,13 +150,7 @@ class Run:
             if metrics["eval/return"] > self.best:
                 self.best = metrics["eval/return"]
                 utils.save_policy(self.dir / "best.pt", actor, self.spec, self.args.hidden)
-        if self.args.checkpoint_every and self.step >= self.next_ckpt:
-            self.next_ckpt += self.args.checkpoint_every
-            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-            state = {"step": self.step, "best": self.best, "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
-                     "elapsed": time.time() - self.logger.start_time, "rng": rng, "extra": extra(),
-                     "modules": {k: m.state_dict() for k, m in modules.items()}}  # fmt: skip
-            utils.atomic_torch_save(state, self.dir / "checkpoint.pt")
+        self.logger.tick(self.step)
 
 
 # ----------------------------------------------------------------------------- PPO
@@ -185,8 +165,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
     run.restore({"actor": actor, "critic": critic, "optimizer": optimizer})
     obs = torch.as_tensor(envs.reset(seed=args.seed + run.step)[0], device=device)
     n, T = args.num_envs, args.num_steps
-    bar = utils.progress(args.total_steps, "ppo")
-    bar.update(run.step)
+    bar = utils.progress(args.total_steps, "ppo", run.step)
     while run.step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - run.step / args.total_steps)
@@ -238,7 +217,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
         run.logger.log(run.step, {"losses/policy": pg_loss.item(), "losses/value": v_loss.item()}, run.step)
-        run.tick(actor, {"actor": actor, "critic": critic, "optimizer": optimizer}, dict, device)
+        run.tick(actor, device)
     bar.close()
     return actor
 
@@ -248,14 +227,11 @@ def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: 
                     actor: torch.nn.Module, modules: dict, name: str) -> None:  # fmt: skip
     """Step one env, store (s, a, r, s', terminated), call ``update_fn(batch)`` when due."""
     rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
-    extra = run.restore(modules)
-    if extra is not None:
-        rb.load_state_dict(extra["buffer"])
+    run.restore(modules | {"replay": rb})
     env = utils.make_vec_env(spec.env_id, 1)
-    env.single_action_space.seed(args.seed)
+    env.single_action_space.seed(args.seed + run.step)
     obs = env.reset(seed=args.seed + run.step)[0]
-    bar = utils.progress(args.total_steps, name)
-    bar.update(run.step)
+    bar = utils.progress(args.total_steps, name, run.step)
     metrics: dict = {}
     while run.step < args.total_steps:
         if run.step < args.learning_starts:
@@ -275,7 +251,7 @@ def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: 
                 metrics = update_fn(rb.sample())
             if run.step % args.log_every < args.train_freq:
                 run.logger.log(run.step, {k: v.item() for k, v in metrics.items()}, run.step)
-        run.tick(actor, modules, lambda: {"buffer": rb.state_dict()}, device)
+        run.tick(actor, device)
     bar.close()
 
 

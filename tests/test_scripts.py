@@ -49,7 +49,7 @@ def test_train_expert_sac_resume_continues_and_keeps_better_expert(tmp_path):
     # continue the same run to 450 steps from its checkpoint at step 300 (saved settings, one flag overridden)
     res = run_cli("scripts/train_expert.py", "--resume", str(run), "--total-steps", "450")
     assert res.returncode == 0, res.stderr
-    assert "resuming at env step 300" in res.stdout
+    assert "resuming at step 300" in res.stdout
     rows = read_metrics(run)
     evals = [r["global_step"] for r in rows if "eval/return" in r]
     assert evals == [100, 200, 300, 400, 450]
