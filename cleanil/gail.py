@@ -111,6 +111,8 @@ class Args:
     """discriminator learning rate"""
     disc_updates: int | None = None
     """discriminator updates per SAC update (sac) or per rollout (ppo); None: 1 (sac) or 10 (ppo)"""
+    disc_standardize: bool = True
+    """standardize the discriminator's inputs with the expert data's statistics (--no-disc-standardize: raw)"""
     disc_every: int = 1
     """sac: update the discriminator after every this many env steps only (a weaker discriminator)"""
     disc_batch_size: int = 256
@@ -429,9 +431,10 @@ def main(args: Args) -> dict:
     expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
     expert_x = disc_input(torch.as_tensor(expert["obs"], device=device), torch.as_tensor(expert["act"], device=device))
     disc = Discriminator(expert_x.shape[1], args.disc_hidden).to(device)
-    disc.norm.mean.copy_(expert_x.mean(0))
-    disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
-    disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
+    if args.disc_standardize:  # else raw inputs: the penalty then bounds the slope per raw unit, as in DAC
+        disc.norm.mean.copy_(expert_x.mean(0))
+        disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
+        disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
     disc_opt = utils.Adam(disc.parameters(), args.disc_lr)
 
     def update_disc(policy_obs: torch.Tensor, policy_act: torch.Tensor) -> dict:

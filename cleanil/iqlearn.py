@@ -19,7 +19,8 @@ authors' "regularize" setting for online runs).
 
 - Discrete actions: Q is a network with one output per action; V(s) = alpha logsumexp(Q(s, .) / alpha)
   and pi = softmax(Q / alpha): there is no separate policy.
-- Continuous actions: twin soft Q-networks (each trained on the loss, V from their minimum) and a
+- Continuous actions: twin soft Q-networks (each trained on the loss, V from their minimum; one with
+  --num-critics 1, the authors' setting for Hopper and HalfCheetah) and a
   tanh-Gaussian actor updated as in SAC, min E[alpha log pi(a|s) - min_j Q_j(s, a)], at a fixed
   temperature alpha (--init-temp; a learned temperature is optional and reported unstable by the
   authors). Per-env defaults (value loss, alpha, actor lr) are in configs/iqlearn/.
@@ -108,6 +109,8 @@ class Args:
     """discount factor"""
     batch_size: int = 256
     """minibatch size (online: half expert, half policy)"""
+    num_critics: int = 2
+    """continuous actions: soft Q-networks, each trained on the loss, V from their minimum (1 or 2)"""
     use_target: bool = True
     """compute V(s') with Polyak-averaged target Q network(s)"""
     tau: float = 0.005
@@ -171,6 +174,8 @@ def main(args: Args) -> dict:
         raise utils.CleanILError("--learn-temp applies to continuous actions only")
     if args.heldout_demos < 1 or args.num_demos < 1:
         raise utils.CleanILError("--num-demos and --heldout-demos must be at least 1")
+    if args.num_critics < 1:
+        raise utils.CleanILError("--num-critics must be at least 1")
     utils.set_seed(args.seed)
     demos = utils.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
     # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
@@ -192,7 +197,7 @@ def main(args: Args) -> dict:
         q_net.norm.std.copy_(obs_std)
         critics, actor = nn.ModuleList([q_net]), q_net
     else:
-        critics = utils.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+        critics = utils.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden, args.num_critics).to(device)
         actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
         actor = actor.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)

@@ -86,6 +86,7 @@ def test_bad_input_gets_one_line(tmp_path):
     cases = [
         (("--env", "CartPole", "--learn-temp"), "--learn-temp applies to continuous actions only"),
         (("--env", "Pendulum", "--heldout-demos", "0"), "--heldout-demos must be at least 1"),
+        (("--env", "Pendulum", "--num-critics", "0"), "--num-critics must be at least 1"),
         (("--env", "Pendulum", "--demos", str(tmp_path / "missing.npz")), "missing.npz"),
     ]
     for flags, message in cases:
