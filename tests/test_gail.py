@@ -125,6 +125,19 @@ def test_sac_generator_smoke_with_absorbing_states(tmp_path):
     assert (run / "model.pt").exists() and (run / "discriminator.pt").exists()
 
 
+def test_sac_generator_with_a_weaker_discriminator(tmp_path):
+    """Raw discriminator inputs and an update every third env step: the discriminator steps 1 in 3."""
+    res = run_cli("cleanil/gail.py", "--env", "Pendulum", "--total-steps", "400", "--learning-starts", "100",
+                  "--eval-every", "400", "--log-every", "100", "--batch-size", "64", "--no-disc-standardize",
+                  "--disc-every", "3", "--run-dir", str(tmp_path), *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = only_run_dir(tmp_path)
+    blob = torch.load(run / "discriminator.pt", weights_only=True)
+    assert torch.equal(blob["state_dict"]["norm.mean"], torch.zeros_like(blob["state_dict"]["norm.mean"]))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert int(state["objects"]["disc_opt"]["t"]) == 100  # the optimizer's step count: steps 102, 105, ..., 399
+
+
 @pytest.mark.parametrize("script", ["cleanil/gail.py", "cleanil/airl.py"])
 @pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
 def test_ppo_generator_smoke(tmp_path, script, env):
