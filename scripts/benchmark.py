@@ -3,8 +3,10 @@
 Each job runs the algorithm's real CLI in its own process with one thread (OMP_NUM_THREADS=1),
 ``--jobs`` at a time. A finished record is skipped on the next call (``--force`` reruns it), and a
 run that was interrupted (Ctrl-C, SIGTERM, a session's end) continues from its last checkpoint
-(``--resume``), so an interrupted benchmark resumes where it stopped. Records hold the command, seed, git revision,
-library versions, machine, env steps, wall-clock, final and best normalized return and the curve.
+(``--resume``), so an interrupted benchmark resumes where it stopped. Ctrl-C or SIGTERM to this
+script is passed on to the runs under way (each writes a checkpoint) and starts no new one.
+Records hold the command, seed, git revision, library versions, machine, env steps, wall-clock,
+final and best normalized return and the curve.
 
 Benchmark seeds start at ``--first-seed`` (1 by default); development uses seed 0, so reported
 numbers never come from the seed the defaults were tuned on.
@@ -19,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,6 +46,15 @@ SUITES = {
     "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn")},
 }  # fmt: skip
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
+RUNNING: set[subprocess.Popen] = set()  # the training processes under way
+STOP = threading.Event()  # set by SIGINT/SIGTERM: no new run starts
+
+
+def forward_stop(signum: int, frame: object) -> None:
+    """Pass the signal on to every run (each writes a checkpoint and exits); start no new one."""
+    STOP.set()
+    for proc in list(RUNNING):
+        proc.send_signal(signum)
 
 
 @dataclass
@@ -92,8 +105,15 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     start = time.time()
     log = run_root.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
+    if STOP.is_set():
+        return f"not started {algo} {env_id} seed {seed}"
     with open(log, "a" if resumed else "w") as f:
-        proc = subprocess.run(cmd + flags, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd + flags, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        RUNNING.add(proc)
+        proc.wait()
+        RUNNING.discard(proc)
+    if STOP.is_set():
+        return f"stopped {algo} {env_id} seed {seed} (exit {proc.returncode}; its checkpoint is in {run_dir})"
     if proc.returncode != 0:
         return f"FAILED {algo} {env_id} seed {seed} (exit {proc.returncode}, log {log})"
     config = json.loads((run_dir / "config.json").read_text())
@@ -152,12 +172,16 @@ def main(args: Args) -> None:
             print(f"would run {algo} {env_id} seed {seed}")
         return
     failed = 0
+    signal.signal(signal.SIGINT, forward_stop)
+    signal.signal(signal.SIGTERM, forward_stop)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_job, *g, args) for g in todo]
         for i, future in enumerate(as_completed(futures), 1):
             line = future.result()
             failed += line.startswith("FAILED")
             print(f"[{i}/{len(todo)}] {line}", flush=True)
+    if STOP.is_set():
+        raise utils.CleanILError("stopped by a signal; the same command continues the unfinished runs")
     if failed:
         raise utils.CleanILError(f"{failed} of {len(todo)} run(s) failed; their logs are named above")
 

@@ -125,6 +125,32 @@ def test_benchmark_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
     assert "resuming at step 20" in (root.with_suffix(".log")).read_text()
 
 
+def test_sigterm_to_the_benchmark_checkpoints_its_runs(tmp_path):
+    """SIGTERM to benchmark.py reaches the run under way (it writes a checkpoint); the next call continues it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flags = ["--algos", "bc", "--envs", "Pendulum", "--seeds", "2", "--jobs", "1", "--out-dir", str(tmp_path / "rec"),
+             "--run-root", str(tmp_path / "runs"), "--extra=--total-steps 1000000 --eval-every 1000000 --log-every 100 "
+             "--num-demos 2 --hidden 32 32 --checkpoint-every 1000000"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "scripts/benchmark.py", *flags], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = tmp_path / "runs" / "bc" / "Pendulum-v1__seed1" / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "stopped bc Pendulum-v1 seed 1 (exit 143" in out and "not started bc Pendulum-v1 seed 2" in out
+    assert "the same command continues the unfinished runs" in err
+    assert (metrics.parent / "checkpoint.pt").exists() and not (tmp_path / "rec").exists()
+
+
 @pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp"])
 def test_help_explains_every_flag(algo):
     import importlib
