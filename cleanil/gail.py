@@ -103,6 +103,8 @@ class Args:
     """policy reward from the discriminator: logit = log D - log(1 - D), gail = -log(1 - D), log_d = log D"""
     absorbing: bool = True
     """absorbing states for terminating episodes, as in DAC (--no-absorbing masks terminal values)"""
+    absorbing_weight: float | None = None
+    """weight of an absorbing-state sample in the discriminator loss; None: 1 / (1 - gamma), the tail it stands for"""
     gp_weight: float = 10.0
     """weight lambda of the discriminator's gradient penalty (0 switches it off)"""
     disc_hidden: tuple[int, ...] = (100, 100)
@@ -444,7 +446,8 @@ def main(args: Args) -> dict:
         z_e = disc.norm(e)
         logit_e, logit_pi = disc.net(z_e).squeeze(-1), disc.net(z_pi).squeeze(-1)
         flag_e, flag_pi = e[:, spec.obs_dim], policy_obs[:, -1]
-        w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
+        # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma) unless --absorbing-weight says
+        w_abs = (args.absorbing_weight or 1 / (1 - args.gamma)) - 1
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * flag_e, 1 + w_abs * flag_pi)
         keep = (1 - flag_e) * (1 - flag_pi)  # pairs away from the absorbing state
         gp = gradient_penalty(disc.net, z_e, z_pi, keep) if args.gp_weight > 0 else torch.zeros((), device=device)

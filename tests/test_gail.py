@@ -129,7 +129,7 @@ def test_sac_generator_with_a_weaker_discriminator(tmp_path):
     """Raw discriminator inputs and an update every third env step: the discriminator steps 1 in 3."""
     res = run_cli("cleanil/gail.py", "--env", "Pendulum", "--total-steps", "400", "--learning-starts", "100",
                   "--eval-every", "400", "--log-every", "100", "--batch-size", "64", "--no-disc-standardize",
-                  "--disc-every", "3", "--run-dir", str(tmp_path), *TINY)  # fmt: skip
+                  "--disc-every", "3", "--absorbing-weight", "1", "--run-dir", str(tmp_path), *TINY)  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = only_run_dir(tmp_path)
     blob = torch.load(run / "discriminator.pt", weights_only=True)
