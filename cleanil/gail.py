@@ -35,8 +35,8 @@ What this implementation adds:
   V(s_abs) = r(s_abs) / (1 - gamma), its exact value. Time-limit ends are not terminations.
   ``--no-absorbing`` masks terminal values instead (plain RL), which lets the reward's sign decide
   whether the agent wants to survive.
-- Discriminator inputs are standardized with the expert data's statistics; the true env reward is
-  never stored or seen by the agent (evaluation alone reads it).
+- Discriminator inputs are standardized with the expert data's statistics (--no-disc-standardize:
+  raw, as in DAC); the true env reward is never stored or seen by the agent (evaluation alone reads it).
 
 Run: python cleanil/gail.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps)
 """
