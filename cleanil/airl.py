@@ -14,6 +14,12 @@ is not differentiated. The policy maximizes log D - log(1 - D) = f - log pi: an 
 problem with reward f. At optimum g recovers the expert's reward up to a constant (state-only g, up
 to shaping otherwise), and g is the part that transfers.
 
+With the SAC generator the logit is f - alpha log pi by default, i.e. D = exp(f) / (exp(f) + pi^alpha)
+with SAC's learned temperature alpha (--pi-weight sets the weight): the logit is then exactly SAC's
+per-step objective, and the log pi of the expert's deterministic, often saturated actions under the
+stochastic learner (about -800 on HalfCheetah) weighs alpha times less; with weight 1 the
+discriminator diverged there (expert logits of 300-1700).
+
 What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. SAC maximizes
   E[sum gamma^t (f - alpha log pi)] with reward f recomputed from the current f for every replayed
@@ -110,6 +116,8 @@ class Args:
     """learning rate of g and h"""
     disc_updates: int | None = None
     """discriminator updates per SAC update (sac) or per rollout (ppo); None: 1 (sac) or 10 (ppo)"""
+    pi_weight: float | None = None
+    """weight w of log pi in the logit f - w log pi; None: SAC's temperature alpha with sac, 1 (the paper) with ppo"""
     disc_batch_size: int = 256
     """policy samples per discriminator update (and as many expert samples)"""
     hidden: tuple[int, ...] = (256, 256)
@@ -284,6 +292,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
     alpha_opt = utils.Adam([log_alpha], args.lr)
+    fixed_weight = torch.tensor(float(args.pi_weight or 1.0), device=device)  # w of f - w log pi, if given
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
@@ -330,7 +339,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             b, disc_metrics = rb.sample(), {}
             for i in range((args.disc_updates or 1) if update_disc else 0):
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
-                disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS})
+                w = log_alpha.exp().detach()[0] if args.pi_weight is None else fixed_weight
+                disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS} | {"pi_weight": w})
             metrics = update({k: b[k] for k in BATCH_KEYS}) | disc_metrics
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
@@ -355,6 +365,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     n, T = args.num_envs, args.num_steps
     s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
     s_abs[0, -1] = 1
+    weight = torch.tensor(float(args.pi_weight or 1.0), device=device)  # w of the discriminator's f - w log pi
 
     def log_prob(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """log pi(a|s); continuous actions are stored as pre-tanh samples u."""
@@ -407,18 +418,18 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
         for _ in range(args.disc_updates or 10):
             idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
-            disc_metrics = update_disc({k: d[k][idx] for k in BATCH_KEYS})
+            disc_metrics = update_disc({k: d[k][idx] for k in BATCH_KEYS} | {"pi_weight": weight})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
         flag = torch.zeros(T * n, 1, device=device)
         with torch.no_grad():
-            # reward f(s, a, s') - log pi(a|s); after termination s' is s_abs (or h(s') is masked)
+            # reward f(s, a, s') - w log pi(a|s); after termination s' is s_abs (or h(s') is masked)
             nxt, mask = torch.cat([o2, flag], 1), 1 - term.flatten()
             if args.absorbing:
                 nxt, mask = torch.where(term.view(-1, 1) > 0, s_abs, nxt), torch.ones_like(mask)
             z = reward_net.z(torch.cat([o, flag], 1), torch.as_tensor(act_vec, device=device), nxt)
-            reward = airl_logit(reward_net.f_of_z(z, mask), logp_t).view(T, n)
+            reward = airl_logit(reward_net.f_of_z(z, mask), weight * logp_t).view(T, n)
             z_abs = reward_net.z(s_abs, torch.zeros(1, len(act_vec[0]), device=device), s_abs)
             r_abs = reward_net.f_of_z(z_abs)  # log pi = 0 in the absorbing state
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
@@ -495,11 +506,12 @@ def main(args: Args) -> dict:
     disc_opt = utils.Adam(reward_net.parameters(), args.disc_lr)
 
     def update_disc(p: dict) -> dict:
-        """One step on BCE(d = f - log pi) + lambda GP(f), with as many expert as policy samples."""
+        """One step on BCE(d = f - w log pi) + lambda GP(f), with as many expert as policy samples."""
         e = {k: v[torch.randint(len(v), (len(p["obs"]),), device=device)] for k, v in expert.items()}
         z_e, z_pi = reward_net.z(e["obs"], e["act"], e["next_obs"]), reward_net.z(p["obs"], p["act"], p["next_obs"])
-        logit_e = airl_logit(reward_net.f_of_z(z_e, e["mask"]), log_pi(actor, e["obs"], e["act"], spec.discrete))
-        logit_pi = airl_logit(reward_net.f_of_z(z_pi, p["mask"]), log_pi(actor, p["obs"], p["act"], spec.discrete))
+        w = p["pi_weight"]
+        logit_e = airl_logit(reward_net.f_of_z(z_e, e["mask"]), w * log_pi(actor, e["obs"], e["act"], spec.discrete))
+        logit_pi = airl_logit(reward_net.f_of_z(z_pi, p["mask"]), w * log_pi(actor, p["obs"], p["act"], spec.discrete))
         w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [(1 - x["obs"][:, -1]) * (1 - x["next_obs"][:, -1]) for x in (e, p)]  # away from s_abs

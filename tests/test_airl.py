@@ -19,6 +19,10 @@ def test_airl_logit_is_log_odds_of_d():
     d = f.exp() / (f.exp() + pi)  # D = exp(f) / (exp(f) + pi(a|s))
     assert airl.airl_logit(f, pi.log()).tolist() == pytest.approx((d.log() - (1 - d).log()).tolist(), rel=1e-5)
     assert airl.airl_logit(torch.tensor([1.0]), torch.tensor([math.log(0.5)])).item() == pytest.approx(1 + math.log(2))
+    # the tempered form used with SAC: D = exp(f) / (exp(f) + pi^alpha), logit f - alpha log pi
+    alpha = 0.1
+    d = f.exp() / (f.exp() + pi**alpha)
+    assert airl.airl_logit(f, alpha * pi.log()).tolist() == pytest.approx((d.log() - (1 - d).log()).tolist(), rel=1e-5)
 
 
 @pytest.mark.parametrize("state_only", [False, True])
