@@ -720,11 +720,14 @@ class Run(RunLogger):
         self.every = args.checkpoint_every
         super().__init__(args, algo, env_id, resume, self.start, state["elapsed"] if state else 0.0)
         self.objects, self.extra, self.signal, self.saved = {}, None, None, self.start if state else None
-        self.next_ckpt = (self.start // self.every + 1) * self.every if self.every else total
+        self.next_ckpt = self._next_checkpoint(self.start)
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         Run.active = self
         if state:
             print(f"resuming at step {self.start}")
+
+    def _next_checkpoint(self, step: int) -> int:
+        return (step // self.every + 1) * self.every if self.every else self.total
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signal is not None:  # a second Ctrl-C: stop at once
@@ -750,11 +753,12 @@ class Run(RunLogger):
 
     def _check_finite(self, step: int, metrics: dict | None = None) -> None:
         bad = [k for k, v in (metrics or {}).items() if "loss" in k and not math.isfinite(float(v))]
+        flags = []  # (name, finite?) of every registered parameter, checked with a single host sync
         for name, obj in self.objects.items():
             named = obj.named_parameters() if isinstance(obj, nn.Module) else [("", obj)] * torch.is_tensor(obj)
-            flags = [(f"{name}.{n}".strip("."), p.isfinite().all()) for n, p in named]
-            if flags and not bool(torch.stack([f for _, f in flags]).all()):
-                bad += [f"parameter {n}" for n, f in flags if not f]
+            flags += [(f"{name}.{n}".strip("."), p.isfinite().all()) for n, p in named]
+        if flags and not bool(torch.stack([f for _, f in flags]).all()):
+            bad += [f"parameter {n}" for n, f in flags if not f]
         if bad:
             last = f"the last good checkpoint (step {self.saved}) is in {self.dir}"
             last = last if self.saved is not None else "no checkpoint was written"
@@ -776,7 +780,7 @@ class Run(RunLogger):
                  "objects": {k: _state_of(v) for k, v in self.objects.items()},
                  "extra": self.extra() if self.extra else None}  # fmt: skip
         atomic_torch_save(state, self.dir / "checkpoint.pt")
-        self.saved, self.next_ckpt = step, (step // self.every + 1) * self.every if self.every else self.total
+        self.saved, self.next_ckpt = step, self._next_checkpoint(step)
         if self.signal is not None:
             name = signal.Signals(self.signal).name
             self.close()
