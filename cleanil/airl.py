@@ -20,6 +20,12 @@ per-step objective, and the log pi of the expert's deterministic, often saturate
 stochastic learner (about -800 on HalfCheetah) weighs alpha times less; with weight 1 the
 discriminator diverged there (expert logits of 300-1700).
 
+For continuous actions, log pi(a|s) in the logit is floored at the log-density of the uniform policy on
+the action box, -sum_i log(high_i - low_i) (--no-log-pi-floor: none). Early on, the expert's actions lie
+far out in the learner's tails; without the floor, -log pi alone separates them, the expert's loss
+saturates, and f learns only to push down the policy's samples. Once pi puts more mass on the expert's
+actions than the uniform policy does, the floor is inactive and D has the paper's form.
+
 What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. SAC maximizes
   E[sum gamma^t (f - alpha log pi)] with reward f recomputed from the current f for every replayed
@@ -118,6 +124,8 @@ class Args:
     """discriminator updates per SAC update (sac) or per rollout (ppo); None: 1 (sac) or 10 (ppo)"""
     pi_weight: float | None = None
     """weight w of log pi in the logit f - w log pi; None: SAC's temperature alpha with sac, 1 (the paper) with ppo"""
+    log_pi_floor: bool = True
+    """continuous actions: floor log pi(a|s) in the logit at the uniform policy's, -sum_i log(high_i - low_i)"""
     disc_batch_size: int = 256
     """policy samples per discriminator update (and as many expert samples)"""
     hidden: tuple[int, ...] = (256, 256)
@@ -258,15 +266,18 @@ def gradient_penalty(value_and_grad: Callable, z_expert: torch.Tensor, z_policy:
     return ((grad.norm(dim=-1) - 1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
 
 
-def log_pi(actor: nn.Module, obs: torch.Tensor, act: torch.Tensor, discrete: bool) -> torch.Tensor:
+def log_pi(actor: nn.Module, obs: torch.Tensor, act: torch.Tensor, discrete: bool,
+           floor: float | None = None) -> torch.Tensor:  # fmt: skip
     """log pi(a|s) of flag-augmented states and action vectors (one-hots if discrete); 0 in the absorbing
-    state. Continuous actions are mapped back through atanh, clipped just inside the bounds."""
+    state. Continuous actions are mapped back through atanh, clipped just inside the bounds; with
+    ``floor``, max(log pi(a|s), floor)."""
     with torch.no_grad():
         if discrete:
             logp = (torch.log_softmax(actor(obs[:, :-1]), -1) * act).sum(-1)
         else:
             u = torch.atanh(((act - actor.bias) / actor.scale).clamp(-1 + 1e-5, 1 - 1e-5))
             logp = actor.log_prob_of_pre_tanh(u, *actor(obs[:, :-1]))
+        logp = logp if floor is None else logp.clamp_min(floor)
         return logp * (1 - obs[:, -1])
 
 
@@ -504,14 +515,19 @@ def main(args: Args) -> dict:
     reward_net.act_norm.mean.copy_(expert["act"].mean(0))
     reward_net.act_norm.std.copy_(expert["act"].std(0).clamp_min(1e-2))
     disc_opt = utils.Adam(reward_net.parameters(), args.disc_lr)
+    # log pi of the uniform policy on the action box: the expert's deterministic actions, often at the bounds,
+    # get log pi of -100s under the stochastic learner; floored there, the logit leaves f to separate them
+    uniform = -float(np.log(spec.action_high - spec.action_low).sum()) if not spec.discrete else None
+    floor = uniform if args.log_pi_floor else None
 
     def update_disc(p: dict) -> dict:
         """One step on BCE(d = f - w log pi) + lambda GP(f), with as many expert as policy samples."""
         e = {k: v[torch.randint(len(v), (len(p["obs"]),), device=device)] for k, v in expert.items()}
         z_e, z_pi = reward_net.z(e["obs"], e["act"], e["next_obs"]), reward_net.z(p["obs"], p["act"], p["next_obs"])
         w = p["pi_weight"]
-        logit_e = airl_logit(reward_net.f_of_z(z_e, e["mask"]), w * log_pi(actor, e["obs"], e["act"], spec.discrete))
-        logit_pi = airl_logit(reward_net.f_of_z(z_pi, p["mask"]), w * log_pi(actor, p["obs"], p["act"], spec.discrete))
+        logp_e, logp_pi = (log_pi(actor, x["obs"], x["act"], spec.discrete, floor) for x in (e, p))
+        logit_e = airl_logit(reward_net.f_of_z(z_e, e["mask"]), w * logp_e)
+        logit_pi = airl_logit(reward_net.f_of_z(z_pi, p["mask"]), w * logp_pi)
         w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [(1 - x["obs"][:, -1]) * (1 - x["next_obs"][:, -1]) for x in (e, p)]  # away from s_abs

@@ -19,8 +19,11 @@ What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. The discriminator's
   policy samples come from the replay buffer of all past policies; the reward of each replayed
   transition is recomputed from the current discriminator when it is sampled; SAC makes one update
-  per env step. ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; the
-  only choice for discrete actions.
+  per env step. ``--expert-ratio rho`` fills a share rho of each SAC minibatch with expert transitions
+  (their rewards also from the discriminator): the critic and actor then learn at the expert's states
+  too, which off-policy learning allows; 0 (default) trains on the policy's replay alone, as in DAC.
+  ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; the only choice for
+  discrete actions.
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z d(z)||_2 - 1)^2] on
   z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1), over the discriminator's standardized inputs. Pairs
   with an absorbing state are left out: s_abs lies close to expert states in z (zeros and a flag),
@@ -134,6 +137,8 @@ class Args:
     """env steps of random actions before updates start"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
+    expert_ratio: float = 0.0
+    """share of each SAC minibatch drawn from the expert's transitions, rewarded by the discriminator too (0: DAC)"""
     log_every: int = 1_000
     """log losses every this many env steps"""
     # ---- PPO generator
@@ -248,10 +253,17 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
         return reward + gamma * mask * q_next
 
 
+def with_expert_rows(batch: dict, expert: dict, n: int) -> dict:
+    """The SAC minibatch with its first n replay rows replaced by n expert transitions drawn uniformly."""
+    idx = torch.randint(len(expert["obs"]), (n,), device=expert["obs"].device)
+    return {k: torch.cat([batch[k][n:], expert[k][idx]]) for k in ("obs", "act", "next_obs", "mask")}
+
+
 # ----------------------------------------------------------------------------- generators
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
-              run: utils.Run, state: dict) -> tuple[nn.Module, dict]:  # fmt: skip
-    """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards."""
+              run: utils.Run, state: dict, expert: dict) -> tuple[nn.Module, dict]:  # fmt: skip
+    """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards.
+    ``expert`` holds the expert's transitions (flag-augmented tensors) for --expert-ratio."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
     critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
@@ -289,6 +301,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
     env.single_action_space.seed(args.seed + run.start)
     obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
     bar, metrics, disc_metrics = utils.progress(args.total_steps, "gail-sac", run.start), {}, {}
+    n_expert = round(args.expert_ratio * args.batch_size)  # minibatch = replay rows + n_expert expert rows
     for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
@@ -305,6 +318,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
             for i in range(args.disc_updates or 1) if step % args.disc_every == 0 else []:
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
                 disc_metrics = update_disc(d["obs"], d["act"])
+            b = with_expert_rows(b, expert, n_expert) if n_expert else b
             metrics = update(b["obs"], b["act"], b["next_obs"], b["mask"]) | disc_metrics
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
@@ -425,6 +439,8 @@ def main(args: Args) -> dict:
     generator = args.generator or ("ppo" if spec.discrete else "sac")
     if generator == "sac" and spec.discrete:
         raise utils.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
+    if not 0 <= args.expert_ratio < 1:
+        raise utils.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
     utils.set_seed(args.seed)
     demos = utils.load_demos(env_id, args.num_demos, args.demos)
 
@@ -460,8 +476,12 @@ def main(args: Args) -> dict:
     update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps, args.cudagraphs)
 
     run = utils.Run(args, f"gail_{generator}", env_id, args.total_steps)
-    train = train_sac if generator == "sac" else train_ppo
-    actor, final = train(args, spec, device, disc, update_disc, run, {"disc": disc, "disc_opt": disc_opt})
+    state = {"disc": disc, "disc_opt": disc_opt}
+    if generator == "sac":
+        expert_t = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
+        actor, final = train_sac(args, spec, device, disc, update_disc, run, state, expert_t)
+    else:
+        actor, final = train_ppo(args, spec, device, disc, update_disc, run, state)
     if args.save_model:
         utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="gail")
         blob = {"state_dict": disc.state_dict(), "hidden": list(args.disc_hidden), "reward": args.reward,

@@ -59,6 +59,20 @@ def test_log_pi_of_stored_actions():
     assert torch.allclose(airl.log_pi(cat, aug, onehot, discrete=True)[1:], expected[1:])
 
 
+def test_log_pi_floor_at_the_uniform_policy():
+    torch.manual_seed(0)
+    actor = utils.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
+    obs = torch.cat([torch.randn(3, 2), torch.zeros(3, 1)], 1)
+    far = torch.tensor([[2.0, -1.0], [-2.0, 1.0], [1.999, 0.999]])  # at the bounds: deep in the tails
+    uniform = -math.log(4.0 * 2.0)  # the uniform density on [-2, 2] x [-1, 1]
+    raw = airl.log_pi(actor, obs, far, discrete=False)
+    assert (raw < uniform).all()
+    assert airl.log_pi(actor, obs, far, discrete=False, floor=uniform).tolist() == pytest.approx([uniform] * 3)
+    a, logp = actor.sample(obs[:, :-1])  # the policy's own samples lie above the floor: unchanged
+    assert (logp > uniform).all()
+    assert torch.allclose(airl.log_pi(actor, obs, a, discrete=False, floor=uniform), logp, atol=1e-3)
+
+
 TINY = ("--num-demos", "2", "--eval-episodes", "2", "--hidden", "32", "32", "--disc-hidden", "16", "16")
 SAC_TINY = ("--total-steps", "600", "--learning-starts", "300", "--eval-every", "600", "--log-every", "100",
             "--batch-size", "64")  # fmt: skip
