@@ -30,6 +30,8 @@ What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. SAC maximizes
   E[sum gamma^t (f - alpha log pi)] with reward f recomputed from the current f for every replayed
   transition: the -log pi of the AIRL reward is SAC's own entropy term, with a learned weight alpha.
+  ``--expert-ratio rho`` fills a share rho of each SAC minibatch with expert transitions (rewarded by
+  f too), so the critic and actor also learn at the expert's states; 0 (default): replay alone.
   ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; reward f - log pi with
   the rollout's log-probabilities; the only choice for discrete actions.
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] on
@@ -143,6 +145,8 @@ class Args:
     """env steps of random actions before updates start"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
+    expert_ratio: float = 0.0
+    """share of each SAC minibatch drawn from the expert's transitions, rewarded by f too (0: replay alone)"""
     log_every: int = 1_000
     """log losses every this many env steps"""
     # ---- PPO generator
@@ -294,10 +298,17 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
 
 
 # ----------------------------------------------------------------------------- generators
+def with_expert_rows(batch: dict, expert: dict, n: int) -> dict:
+    """The SAC minibatch with its first n replay rows replaced by n expert transitions drawn uniformly."""
+    idx = torch.randint(len(expert["obs"]), (n,), device=expert["obs"].device)
+    return {k: torch.cat([batch[k][n:], expert[k][idx]]) for k in BATCH_KEYS}
+
+
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.Module, reward_fn: Callable,
-              update_disc: Callable | None, run: utils.Run, state: dict) -> dict:  # fmt: skip
+              update_disc: Callable | None, run: utils.Run, state: dict,
+              expert: dict | None = None) -> dict:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update (none with --reward-from), one SAC
-    update on rewards recomputed by ``reward_fn(batch)``."""
+    update on rewards recomputed by ``reward_fn(batch)``; with ``expert`` transitions, --expert-ratio."""
     critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
@@ -334,7 +345,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     env.single_action_space.seed(args.seed + run.start)
     obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
     bar = utils.progress(args.total_steps, "airl-sac" if update_disc else "sac-on-reward", run.start)
-    metrics = {}
+    metrics, n_expert = {}, round(args.expert_ratio * args.batch_size) if expert is not None else 0
     for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
@@ -352,7 +363,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
                 d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
                 w = log_alpha.exp().detach()[0] if args.pi_weight is None else fixed_weight
                 disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS} | {"pi_weight": w})
-            metrics = update({k: b[k] for k in BATCH_KEYS}) | disc_metrics
+            b = {k: b[k] for k in BATCH_KEYS}
+            metrics = update(with_expert_rows(b, expert, n_expert) if n_expert else b) | disc_metrics
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -489,6 +501,8 @@ def main(args: Args) -> dict:
     generator = args.generator or ("ppo" if spec.discrete else "sac")
     if generator == "sac" and spec.discrete:
         raise utils.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
+    if not 0 <= args.expert_ratio < 1:
+        raise utils.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
     if args.reward_from and generator != "sac":
         raise utils.CleanILError("--reward-from trains SAC: it needs continuous actions and --generator sac")
     utils.set_seed(args.seed)
@@ -546,7 +560,7 @@ def main(args: Args) -> dict:
     run = utils.Run(args, f"airl_{generator}", env_id, args.total_steps)
     state = {"reward": reward_net, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     if generator == "sac":
-        final = train_sac(args, spec, device, actor, sac_reward, update_disc, run, state)
+        final = train_sac(args, spec, device, actor, sac_reward, update_disc, run, state, expert)
     else:
         final = train_ppo(args, spec, device, actor, reward_net, update_disc, run, state)
     if args.save_model:

@@ -138,25 +138,27 @@ def test_sac_generator_with_a_weaker_discriminator(tmp_path):
     assert int(state["objects"]["disc_opt"]["t"]) == 100  # the optimizer's step count: steps 102, 105, ..., 399
 
 
-def test_expert_rows_replace_the_first_replay_rows():
+@pytest.mark.parametrize("mod", [gail, airl])
+def test_expert_rows_replace_the_first_replay_rows(mod):
     replay = {k: torch.zeros(6, 2) for k in ("obs", "act", "next_obs")} | {"mask": torch.zeros(6)}
     replay["obs"][:, 0] = torch.arange(6.0)  # replay rows 0..5
     expert = {k: torch.ones(4, 2) for k in ("obs", "act", "next_obs")} | {"mask": torch.ones(4)}
     expert["obs"][:, 0] = torch.arange(10.0, 14.0)  # expert rows 10..13
-    mixed = gail.with_expert_rows(replay, expert, 2)
+    mixed = mod.with_expert_rows(replay, expert, 2)
     assert mixed["obs"].shape == (6, 2) and mixed["obs"][:4, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
     assert set(mixed["obs"][4:, 0].tolist()) <= {10.0, 11.0, 12.0, 13.0}
     assert mixed["mask"].tolist() == [0, 0, 0, 0, 1, 1] and mixed["act"][4:].eq(1).all()
 
 
-def test_sac_generator_with_expert_rows_in_its_minibatch(tmp_path):
-    res = run_cli("cleanil/gail.py", "--env", "Hopper", "--total-steps", "400", "--learning-starts", "200",
+@pytest.mark.parametrize("script", ["cleanil/gail.py", "cleanil/airl.py"])
+def test_sac_generator_with_expert_rows_in_its_minibatch(tmp_path, script):
+    res = run_cli(script, "--env", "Hopper", "--total-steps", "400", "--learning-starts", "200",
                   "--eval-every", "400", "--log-every", "100", "--batch-size", "64", "--expert-ratio", "0.5",
                   "--run-dir", str(tmp_path), *TINY)  # fmt: skip
     assert res.returncode == 0, res.stderr
     rows = [r for r in read_metrics(only_run_dir(tmp_path)) if "losses/critic" in r]
     assert [r["global_step"] for r in rows] == [300, 400] and all(np.isfinite(r["losses/actor"]) for r in rows)
-    bad = run_cli("cleanil/gail.py", "--env", "Pendulum", "--expert-ratio", "1", "--run-dir", str(tmp_path / "b"))
+    bad = run_cli(script, "--env", "Pendulum", "--expert-ratio", "1", "--run-dir", str(tmp_path / "b"))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: --expert-ratio must lie in [0, 1), got 1.0"]
 
