@@ -27,9 +27,11 @@ authors' "regularize" setting for online runs).
 - Online (default): every env step adds a policy transition to a replay buffer, and each update
   mixes half expert and half policy samples. Offline (--offline): expert data only, no env steps.
 - V(s') uses Polyak-averaged target networks (--use-target).
-- The recovered reward r = Q(s, a) - gamma V(s') is scored against the env's true reward on
-  held-out expert transitions (Pearson correlation, logged as reward/pearson_heldout); the Q
-  network(s) and actor are saved to runs/<run>/reward.pt, from which r can be recomputed.
+- The recovered reward r = Q(s, a) - gamma V(s') is scored against the env's true reward two ways
+  (Pearson correlations): per transition on held-out expert transitions (reward/pearson_heldout, at
+  every evaluation), and per episode, as in the authors' code, between the recovered and the true
+  returns of --reward-episodes episodes of the final policy (reward/pearson_episodes, at the end).
+  The Q network(s) and actor are saved to runs/<run>/reward.pt, from which r can be recomputed.
 
 Run: python cleanil/iqlearn.py --env CartPole --offline --num-demos 1  (normalized ~1.0 in under a minute)
 """
@@ -121,6 +123,8 @@ class Args:
     """online: env steps of random actions before updates start"""
     heldout_demos: int = 5
     """extra expert episodes held out to score the recovered reward"""
+    reward_episodes: int = 20
+    """episodes of the final policy whose recovered and true returns are correlated (0: skip)"""
     log_every: int = 1_000
     """log losses every this many steps"""
 
@@ -165,6 +169,12 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 0 and sy > 0 else 0.0
 
 
+def episode_sums(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Per-episode sums of consecutive episodes' step rewards; ``done`` marks each episode's last step."""
+    starts = np.concatenate([[0], np.flatnonzero(done)[:-1] + 1])
+    return np.add.reduceat(reward, starts)
+
+
 # ----------------------------------------------------------------------------- main
 def main(args: Args) -> dict:
     env_id = utils.resolve_env_id(args.env)
@@ -174,6 +184,8 @@ def main(args: Args) -> dict:
         raise utils.CleanILError("--learn-temp applies to continuous actions only")
     if args.heldout_demos < 1 or args.num_demos < 1:
         raise utils.CleanILError("--num-demos and --heldout-demos must be at least 1")
+    if args.reward_episodes == 1 or args.reward_episodes < 0:
+        raise utils.CleanILError("--reward-episodes must be 0 (skip) or at least 2 (a correlation needs two)")
     if args.num_critics < 1:
         raise utils.CleanILError("--num-critics must be at least 1")
     utils.set_seed(args.seed)
@@ -181,13 +193,14 @@ def main(args: Args) -> dict:
     # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
     cut = np.flatnonzero(demos["terminated"] | demos["truncated"])[args.num_demos - 1] + 1
 
-    def tensors(lo: int, hi: int | None) -> dict[str, torch.Tensor]:
-        t = {k: torch.as_tensor(np.asarray(demos[k][lo:hi]), device=device) for k in utils.DEMO_KEYS}
+    def tensors(data: dict, lo: int = 0, hi: int | None = None) -> dict[str, torch.Tensor]:
+        """Rows lo:hi of demo-format arrays as the tensors the updates and the reward scoring read."""
+        t = {k: torch.as_tensor(np.asarray(data[k][lo:hi]), device=device) for k in utils.DEMO_KEYS}
         act = t["actions"] if spec.discrete else t["actions"].float()
         return {"obs": t["obs"].float(), "act": act, "next_obs": t["next_obs"].float(),
                 "done": t["terminated"].float(), "rew": t["rewards"].float()}  # fmt: skip
 
-    expert, heldout = tensors(0, cut), tensors(cut, None)
+    expert, heldout = tensors(demos, 0, cut), tensors(demos, cut)
     obs_mean, obs_std = expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3)
 
     # ---- networks: Q (one output per action) or twin Q(s, a) with a tanh-Gaussian actor
@@ -253,6 +266,12 @@ def main(args: Args) -> dict:
         policy = utils.numpy_policy(actor, device)
         metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
         metrics["reward/pearson_heldout"] = pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())
+        if step == args.total_steps and args.reward_episodes:  # per episode: recovered vs true returns
+            seed = utils.EVAL_SEED_BASE + 10_000 * args.seed + 5_000  # episodes apart from the evaluation's
+            episodes = utils.rollout(policy, env_id, args.reward_episodes, seed, record=True)
+            t = episodes["transitions"]
+            recovered = episode_sums(recovered_reward(tensors(t)), t["terminated"] | t["truncated"])
+            metrics["reward/pearson_episodes"] = pearson(recovered, episodes["returns"])
         run.log(step, metrics, env_steps=0 if args.offline else step)
         return metrics
 

@@ -118,10 +118,11 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
         return f"FAILED {algo} {env_id} seed {seed} (exit {proc.returncode}, log {log})"
     config = json.loads((run_dir / "config.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve, extra = [], {}  # extra: the latest value of quantities a curve is also read against (queries)
+    curve, extra, final_eval = [], {}, {}  # extra: the latest value of quantities a curve is also read against
     for r in rows:
         extra |= {k: r[k] for k in ("queries",) if k in r}
         if "eval/return" in r:
+            final_eval = {k: v for k, v in r.items() if k not in ("global_step", "env_steps", "time")}
             curve.append({"step": r["global_step"], "env_steps": r.get("env_steps", 0), "return": r["eval/return"],
                           "normalized_return": r.get("eval/normalized_return"), **extra})  # fmt: skip
     norms = [c["normalized_return"] for c in curve if c["normalized_return"] is not None]
@@ -136,6 +137,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
         "wall_clock_s": round(wall, 1), "resumed": resumed,
         "final_return": curve[-1]["return"], "final_normalized_return": norms[-1] if norms else None,
         "best_normalized_return": max(norms) if norms else None,
+        "final_eval": final_eval,  # every metric of the last evaluation (e.g. IQ-Learn's reward correlations)
         "curve": curve, "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
     path = record_path(args.out_dir, algo, env_id, seed, args.tag)

@@ -109,6 +109,22 @@ def headline(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
+def reward_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Correlations of recovered rewards with the true reward (reward/* metrics of the last evaluation)."""
+    evals = [r.get("final_eval", {}) for recs in groups.values() for r in recs]
+    keys = sorted({k for ev in evals for k in ev if k.startswith("reward/")})
+    rows = [(v, e, recs) for (v, e), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+            if any(k in r.get("final_eval", {}) for r in recs for k in keys)]  # fmt: skip
+    if not rows:
+        return []
+    lines = ["| algorithm | env | seeds | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for variant, env, recs in rows:
+        seeds = ",".join(str(r["seed"]) for r in recs if any(k in r.get("final_eval", {}) for k in keys))
+        cells = [mean_std([r.get("final_eval", {}).get(k) for r in recs]) for k in keys]
+        lines.append(f"| {variant} | {env} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_between_markers(path: Path, lines: list[str]) -> None:
     """Replace the text between the results markers of ``path`` (the top-level README) with ``lines``."""
     text = path.read_text()
@@ -159,6 +175,7 @@ def main(args: Args) -> None:
         raise utils.CleanILError(f"no benchmark records under {root}")
     envs = sorted({env for _, env in groups})
     query_envs = sorted({env for (_, env), recs in groups.items() if has_queries(recs)})
+    rewards = reward_table(groups)
     lines = [
         "# Benchmark results",
         "",
@@ -171,6 +188,20 @@ def main(args: Args) -> None:
         "",
         *table(groups),
         "",
+        *(
+            [
+                "## Recovered rewards",
+                "",
+                "Pearson correlation of a learned reward with the env's true reward at the end of training:",
+                "reward/pearson_heldout per transition on held-out expert transitions; reward/pearson_episodes",
+                "between the recovered and the true returns of episodes of the final policy.",
+                "",
+                *rewards,
+                "",
+            ]
+            if rewards
+            else []
+        ),
         "## Learning curves",
         "",
         *[f"![{env}](curves/{env}.png)" for env in envs],

@@ -62,6 +62,13 @@ def test_pearson():
     assert iqlearn.pearson(x, np.ones(4)) == 0.0
 
 
+def test_episode_sums():
+    # three episodes of lengths 2, 1 and 3, as rollout records them one after the other
+    reward = np.array([1.0, 2.0, 5.0, -1.0, 0.5, 0.5])
+    done = np.array([False, True, True, False, False, True])
+    np.testing.assert_allclose(iqlearn.episode_sums(reward, done), [3.0, 5.0, 0.0])
+
+
 @pytest.mark.parametrize(
     "env,mode",
     [("CartPole", "--offline"), ("CartPole", "--no-offline"), ("Pendulum", "--offline"), ("Pendulum", "--no-offline")],
@@ -69,7 +76,7 @@ def test_pearson():
 def test_smoke_all_modes(tmp_path, env, mode):
     res = run_cli("cleanil/iqlearn.py", "--env", env, mode, "--num-demos", "1", "--heldout-demos", "1",
                   "--total-steps", "300", "--learning-starts", "100", "--eval-every", "300", "--log-every", "100",
-                  "--eval-episodes", "2", "--hidden", "32", "32", "--batch-size", "32",
+                  "--eval-episodes", "2", "--hidden", "32", "32", "--batch-size", "32", "--reward-episodes", "3",
                   "--run-dir", str(tmp_path))  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = only_run_dir(tmp_path)
@@ -79,6 +86,8 @@ def test_smoke_all_modes(tmp_path, env, mode):
     assert all(np.isfinite(r["losses/iq"]) for r in losses)
     assert ("losses/actor" in losses[-1]) == (env == "Pendulum")
     assert "eval/normalized_return" in rows[-1] and "reward/pearson_heldout" in rows[-1]
+    assert -1 <= rows[-1]["reward/pearson_episodes"] <= 1  # scored at the end only
+    assert all("reward/pearson_episodes" not in r for r in rows[:-1])
     assert (run / "model.pt").exists() and (run / "reward.pt").exists()
 
 
@@ -87,6 +96,7 @@ def test_bad_input_gets_one_line(tmp_path):
         (("--env", "CartPole", "--learn-temp"), "--learn-temp applies to continuous actions only"),
         (("--env", "Pendulum", "--heldout-demos", "0"), "--heldout-demos must be at least 1"),
         (("--env", "Pendulum", "--num-critics", "0"), "--num-critics must be at least 1"),
+        (("--env", "Pendulum", "--reward-episodes", "1"), "--reward-episodes must be 0 (skip) or at least 2"),
         (("--env", "Pendulum", "--demos", str(tmp_path / "missing.npz")), "missing.npz"),
     ]
     for flags, message in cases:

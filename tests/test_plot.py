@@ -46,6 +46,21 @@ def test_auc_and_table_rows(tmp_path: Path):
     assert cells[7] == "1.000 +- 0.000" and cells[9] == "10"  # best; 100 env steps / 10 s
 
 
+def test_reward_correlation_table(tmp_path: Path):
+    folder = tmp_path / "records" / "iqlearn"
+    folder.mkdir(parents=True)
+    for seed, (heldout, episodes) in enumerate([(0.2, 0.9), (0.4, 0.7)], start=1):
+        rec = record(seed, [0.5, 1.0]) | {"final_eval": {"eval/return": 1.0, "reward/pearson_heldout": heldout,
+                                                         "reward/pearson_episodes": episodes}}  # fmt: skip
+        (folder / f"Toy-v0__seed{seed}.json").write_text(json.dumps(rec))
+    (tmp_path / "records" / "gail").mkdir()
+    (tmp_path / "records" / "gail" / "Toy-v0__seed1.json").write_text(json.dumps(record(1, [1.0])))  # no rewards
+    header, _, row = plot.reward_table(plot.load_records(tmp_path / "records"))
+    assert header == "| algorithm | env | seeds | reward/pearson_episodes | reward/pearson_heldout |"
+    assert row == "| iqlearn | Toy-v0 | 1,2 | 0.800 +- 0.100 | 0.300 +- 0.100 |"
+    assert plot.reward_table({("gail", "Toy-v0"): [record(1, [1.0])]}) == []
+
+
 def test_unreadable_record_gets_one_line(tmp_path):
     (tmp_path / "records" / "bc").mkdir(parents=True)
     (tmp_path / "records" / "bc" / "x.json").write_text("{not json")

@@ -103,6 +103,7 @@ def test_benchmark_writes_records_and_resumes(tmp_path):
         assert rec["seed"] == seed and rec["algo"] == "bc" and f"--seed {seed}" in rec["command"]
         assert [c["step"] for c in rec["curve"]] == [20, 40] and rec["final_normalized_return"] is not None
         assert rec["git"] and rec["versions"]["torch"] and rec["machine"]["cpu_count"] >= 1
+        assert rec["final_eval"]["eval/return"] == rec["final_return"]  # the last evaluation's metrics
     res = run_cli("scripts/benchmark.py", *flags)
     assert res.returncode == 0 and "2 already recorded, 0 to go" in res.stdout
     res = run_cli("scripts/benchmark.py", "--algos", "nosuchalgo", "--out-dir", str(out))
