@@ -12,6 +12,7 @@ Benchmark seeds start at ``--first-seed`` (1 by default); development uses seed 
 numbers never come from the seed the defaults were tuned on.
 
 ``--suite classic|mujoco|all`` runs the predefined grid (every algorithm on the envs it applies to).
+``--algos sac`` runs the RL reference: SAC on the env's true reward (scripts/train_expert.py).
 
 Run: python scripts/benchmark.py --algos bc --envs CartPole Pendulum --seeds 3 --jobs 2
 """
@@ -35,7 +36,11 @@ import tyro
 
 from cleanil import utils
 
-ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp")
+ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp", "sac")
+# sac: the RL reference on the env's true reward (scripts/train_expert.py, settings from
+# configs/train_expert/), e.g. what DRLHP's learned reward is compared with at the same env steps;
+# its best policy is written inside the run, never over the shipped experts
+SCRIPTS = {a: f"cleanil/{a}.py" for a in ALGOS[:-1]} | {"sac": "scripts/train_expert.py"}
 CLASSIC = ("CartPole", "Acrobot", "MountainCar", "Pendulum")
 MUJOCO = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
 # the envs each algorithm is benchmarked on, per suite (settings come from configs/<algo>/<EnvId>.yaml)
@@ -60,7 +65,7 @@ def forward_stop(signum: int, frame: object) -> None:
 @dataclass
 class Args:
     algos: tuple[str, ...] = ("bc",)
-    """algorithms to run (file names under cleanil/)"""
+    """algorithms to run (file names under cleanil/), or sac: SAC on the env's true reward, as a reference"""
     envs: tuple[str, ...] = ("CartPole", "Pendulum")
     """environments (aliases or gymnasium ids)"""
     seeds: int = 3
@@ -95,8 +100,10 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     variant = f"{algo}__{args.tag}" if args.tag else algo
     run_root = (utils.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
     run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
-    cmd = [sys.executable, f"cleanil/{algo}.py", "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
+    cmd = [sys.executable, SCRIPTS[algo], "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
            "--run-name", "run", *shlex.split(args.extra)]  # fmt: skip
+    if algo == "sac":
+        cmd += ["--algo", "sac", "--out-dir", os.path.join(run_dir_flag, "run", "expert"), "--final-eval-episodes", "10"]
     run_dir = run_root / "run"
     resumed = (run_dir / "checkpoint.pt").exists() and not args.force  # an interrupted run: continue it
     # otherwise start afresh, replacing what a failed run (or one rerun with --force) left
@@ -149,7 +156,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
 
 def make_grid(args: Args, seeds_given: bool) -> list[tuple[str, str, int]]:
     """(algo, env id, seed) runs: --algos x --envs, or a suite's algorithms on their envs."""
-    exists = {a for a in ALGOS if (utils.REPO_ROOT / "cleanil" / f"{a}.py").exists()}
+    exists = {a for a in ALGOS if (utils.REPO_ROOT / SCRIPTS[a]).exists()}
     if args.suite is None:
         unknown = [a for a in args.algos if a not in exists]
         if unknown:

@@ -110,6 +110,18 @@ def test_benchmark_writes_records_and_resumes(tmp_path):
     assert res.returncode == 2 and "unknown or missing algorithm" in res.stderr
 
 
+def test_benchmark_sac_reference_leaves_the_shipped_experts_alone(tmp_path):
+    shipped = (REPO / "cleanil" / "experts" / "Pendulum-v1.json").read_bytes()
+    res = run_cli("scripts/benchmark.py", "--algos", "sac", "--envs", "Pendulum", "--seeds", "1", "--out-dir",
+                  str(tmp_path / "records"), "--run-root", str(tmp_path / "runs"),
+                  "--extra=--total-steps 300 --learning-starts 100 --eval-every 150 --eval-episodes 2")  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    rec = json.loads((tmp_path / "records" / "sac" / "Pendulum-v1__seed1.json").read_text())
+    assert "scripts/train_expert.py" in rec["command"] and [c["env_steps"] for c in rec["curve"]] == [150, 300]
+    assert (tmp_path / "runs" / "sac" / "Pendulum-v1__seed1" / "run" / "expert" / "Pendulum-v1.json").exists()
+    assert (REPO / "cleanil" / "experts" / "Pendulum-v1.json").read_bytes() == shipped
+
+
 def test_benchmark_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
     """A run that stopped at step 20 (its checkpoint) is resumed to 40, not restarted."""
     tiny = ("--eval-every", "20", "--log-every", "20", "--eval-episodes", "2", "--num-demos", "2")
