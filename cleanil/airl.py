@@ -14,17 +14,16 @@ is not differentiated. The policy maximizes log D - log(1 - D) = f - log pi: an 
 problem with reward f. At optimum g recovers the expert's reward up to a constant (state-only g, up
 to shaping otherwise), and g is the part that transfers.
 
-With the SAC generator the logit is f - alpha log pi by default, i.e. D = exp(f) / (exp(f) + pi^alpha)
-with SAC's learned temperature alpha (--pi-weight sets the weight): the logit is then exactly SAC's
-per-step objective, and the log pi of the expert's deterministic, often saturated actions under the
-stochastic learner (about -800 on HalfCheetah) weighs alpha times less; with weight 1 the
-discriminator diverged there (expert logits of 300-1700).
-
-For continuous actions, log pi(a|s) in the logit is floored at the log-density of the uniform policy on
-the action box, -sum_i log(high_i - low_i) (--no-log-pi-floor: none). Early on, the expert's actions lie
-far out in the learner's tails; without the floor, -log pi alone separates them, the expert's loss
-saturates, and f learns only to push down the policy's samples. Once pi puts more mass on the expert's
-actions than the uniform policy does, the floor is inactive and D has the paper's form.
+Two changes to the logit keep the discriminator bounded with the SAC generator:
+- Tempered: d = f - alpha log pi, i.e. D = exp(f) / (exp(f) + pi^alpha) with SAC's learned temperature
+  (--pi-weight sets the weight; PPO keeps 1): exactly SAC's per-step objective. The log pi of the
+  expert's deterministic, often saturated actions under the stochastic learner (about -800 on
+  HalfCheetah) then weighs alpha times less; with weight 1 expert logits reached 300-1700.
+- Floored (continuous actions; --no-log-pi-floor: none): log pi(a|s) in the logit is at least the
+  uniform policy's log-density on the action box, -sum_i log(high_i - low_i). Otherwise -log pi alone
+  separates the expert's actions early on, the expert's loss saturates, and f only learns to push the
+  policy's samples down. Once pi puts more mass on the expert's actions than the uniform policy, the
+  floor is inactive and D has the paper's form.
 
 What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. SAC maximizes
@@ -32,6 +31,7 @@ What this implementation adds:
   transition: the -log pi of the AIRL reward is SAC's own entropy term, with a learned weight alpha.
   ``--expert-ratio rho`` fills a share rho of each SAC minibatch with expert transitions (rewarded by
   f too), so the critic and actor also learn at the expert's states; 0 (default): replay alone.
+  ``--critic-layernorm``: LayerNorm in the critics' hidden layers (Ball et al. 2023, RLPD).
   ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; reward f - log pi with
   the rollout's log-probabilities; the only choice for discrete actions.
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] on
@@ -147,6 +147,8 @@ class Args:
     """Polyak rate of the target critics"""
     expert_ratio: float = 0.0
     """share of each SAC minibatch drawn from the expert's transitions, rewarded by f too (0: replay alone)"""
+    critic_layernorm: bool = False
+    """LayerNorm in the critics' hidden layers (RLPD's companion to mixing in data the policy did not collect)"""
     log_every: int = 1_000
     """log losses every this many env steps"""
     # ---- PPO generator
@@ -309,7 +311,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
               expert: dict | None = None) -> dict:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update (none with --reward-from), one SAC
     update on rewards recomputed by ``reward_fn(batch)``; with ``expert`` transitions, --expert-ratio."""
-    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
+    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
+    critics = critics.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)

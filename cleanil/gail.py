@@ -22,6 +22,8 @@ What this implementation adds:
   per env step. ``--expert-ratio rho`` fills a share rho of each SAC minibatch with expert transitions
   (their rewards also from the discriminator): the critic and actor then learn at the expert's states
   too, which off-policy learning allows; 0 (default) trains on the policy's replay alone, as in DAC.
+  ``--critic-layernorm`` adds LayerNorm to the critics' hidden layers, which Ball et al. (2023, RLPD)
+  pair with such symmetric sampling of data the policy did not collect.
   ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; the only choice for
   discrete actions.
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z d(z)||_2 - 1)^2] on
@@ -139,6 +141,8 @@ class Args:
     """Polyak rate of the target critics"""
     expert_ratio: float = 0.0
     """share of each SAC minibatch drawn from the expert's transitions, rewarded by the discriminator too (0: DAC)"""
+    critic_layernorm: bool = False
+    """LayerNorm in the critics' hidden layers (RLPD's companion to mixing in data the policy did not collect)"""
     log_every: int = 1_000
     """log losses every this many env steps"""
     # ---- PPO generator
@@ -266,7 +270,8 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
     ``expert`` holds the expert's transitions (flag-augmented tensors) for --expert-ratio."""
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
+    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
+    critics = critics.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)

@@ -32,6 +32,7 @@ import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
@@ -242,20 +243,28 @@ class QNetwork(nn.Module):
 class TwinQNetwork(nn.Module):
     """n independent Q(s, a) MLPs (ReLU) evaluated as one batched network: layer k's weights are stacked
     as [n, in, out] and applied with one ``baddbmm``, so twin critics cost one matmul per layer, not n.
-    Initialized like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)). Returns Q-values shaped [n, batch]."""
+    Initialized like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)). Returns Q-values shaped [n, batch].
+    ``layer_norm``: each hidden layer is linear -> LayerNorm (with a per-twin scale and shift) -> ReLU,
+    which bounds how far Q can extrapolate to unseen actions (Ball et al. 2023, RLPD)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), n: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), n: int = 2,
+                 layer_norm: bool = False):  # fmt: skip
         super().__init__()
         dims = [obs_dim + act_dim, *hidden, 1]
         shapes = [(i, o, 1 / math.sqrt(i)) for i, o in zip(dims[:-1], dims[1:], strict=True)]
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(n, i, o).uniform_(-b, b)) for i, o, b in shapes)
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(n, 1, o).uniform_(-b, b)) for _, o, b in shapes)
+        self.ln_scales = nn.ParameterList(nn.Parameter(torch.ones(n, 1, h)) for h in hidden) if layer_norm else None
+        self.ln_shifts = nn.ParameterList(nn.Parameter(torch.zeros(n, 1, h)) for h in hidden) if layer_norm else None
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, act], -1).expand(len(self.weights[0]), -1, -1)
         for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
-            x = torch.relu(x) if k < len(self.weights) - 1 else x
+            if k < len(self.weights) - 1:
+                if self.ln_scales is not None:  # (x - mean) / std over the layer's units, then scale and shift
+                    x = F.layer_norm(x, x.shape[-1:]) * self.ln_scales[k] + self.ln_shifts[k]
+                x = torch.relu(x)
         return x.squeeze(-1)
 
 

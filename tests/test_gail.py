@@ -154,10 +154,12 @@ def test_expert_rows_replace_the_first_replay_rows(mod):
 def test_sac_generator_with_expert_rows_in_its_minibatch(tmp_path, script):
     res = run_cli(script, "--env", "Hopper", "--total-steps", "400", "--learning-starts", "200",
                   "--eval-every", "400", "--log-every", "100", "--batch-size", "64", "--expert-ratio", "0.5",
-                  "--run-dir", str(tmp_path), *TINY)  # fmt: skip
+                  "--critic-layernorm", "--run-dir", str(tmp_path), *TINY)  # fmt: skip
     assert res.returncode == 0, res.stderr
     rows = [r for r in read_metrics(only_run_dir(tmp_path)) if "losses/critic" in r]
     assert [r["global_step"] for r in rows] == [300, 400] and all(np.isfinite(r["losses/actor"]) for r in rows)
+    critics = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)["objects"]["critics"]
+    assert any(k.startswith("ln_scales.") for k in critics)  # --critic-layernorm built the normalized critics
     bad = run_cli(script, "--env", "Pendulum", "--expert-ratio", "1", "--run-dir", str(tmp_path / "b"))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: --expert-ratio must lie in [0, 1), got 1.0"]

@@ -225,6 +225,36 @@ def test_twin_q_network_is_two_independent_mlps():
     assert not torch.allclose(q[0], q[1])  # initialized independently
 
 
+def test_twin_q_network_layer_norm():
+    """With layer_norm, each twin normalizes its hidden units (zero mean, unit variance before scale and
+    shift), and matches an MLP with nn.LayerNorm between its linear layers and ReLUs."""
+    torch.manual_seed(0)
+    twin = utils.TwinQNetwork(3, 2, (8, 4), layer_norm=True)
+    with torch.no_grad():
+        for scale, shift in zip(twin.ln_scales, twin.ln_shifts, strict=True):
+            scale.uniform_(0.5, 2.0)
+            shift.uniform_(-0.5, 0.5)
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    q = twin(obs, act)
+    for j in range(2):
+        layers = []
+        for k, (w, b) in enumerate(zip(twin.weights, twin.biases, strict=True)):
+            linear = torch.nn.Linear(*w.shape[1:])
+            with torch.no_grad():
+                linear.weight.copy_(w[j].T)
+                linear.bias.copy_(b[j, 0])
+            layers.append(linear)
+            if k < len(twin.weights) - 1:
+                norm = torch.nn.LayerNorm(w.shape[2])
+                with torch.no_grad():
+                    norm.weight.copy_(twin.ln_scales[k][j, 0])
+                    norm.bias.copy_(twin.ln_shifts[k][j, 0])
+                layers += [norm, torch.nn.ReLU()]
+        assert torch.allclose(q[j], torch.nn.Sequential(*layers)(torch.cat([obs, act], -1)).squeeze(-1), atol=1e-5)
+    assert sum(p.numel() for p in twin.parameters()) == sum(
+        p.numel() for p in utils.TwinQNetwork(3, 2, (8, 4)).parameters()) + 2 * 2 * (8 + 4)  # fmt: skip
+
+
 def test_foreach_adam_follows_torch_adam():
     """utils.Adam (compilable) takes the same steps as torch.optim.Adam with default settings."""
     torch.manual_seed(0)
