@@ -163,10 +163,10 @@ def soft_value_discrete(q: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * torch.logsumexp(q / alpha, dim=-1)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation; 0 if either side is constant."""
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; None (undefined) if either side is constant, e.g. CartPole's reward of 1 per step."""
     sx, sy = x.std(), y.std()
-    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 0 and sy > 0 else 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy)) if sx > 0 and sy > 0 else None
 
 
 def episode_sums(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -265,13 +265,14 @@ def main(args: Args) -> dict:
     def evaluate(step: int) -> dict:
         policy = utils.numpy_policy(actor, device)
         metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
-        metrics["reward/pearson_heldout"] = pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())
+        scores = {"reward/pearson_heldout": pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())}
         if step == args.total_steps and args.reward_episodes:  # per episode: recovered vs true returns
             seed = utils.EVAL_SEED_BASE + 10_000 * args.seed + 5_000  # episodes apart from the evaluation's
             episodes = utils.rollout(policy, env_id, args.reward_episodes, seed, record=True)
             t = episodes["transitions"]
             recovered = episode_sums(recovered_reward(tensors(t)), t["terminated"] | t["truncated"])
-            metrics["reward/pearson_episodes"] = pearson(recovered, episodes["returns"])
+            scores["reward/pearson_episodes"] = pearson(recovered, episodes["returns"])
+        metrics |= {k: v for k, v in scores.items() if v is not None}  # undefined ones are not logged
         run.log(step, metrics, env_steps=0 if args.offline else step)
         return metrics
 
