@@ -103,7 +103,8 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     cmd = [sys.executable, SCRIPTS[algo], "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
            "--run-name", "run", *shlex.split(args.extra)]  # fmt: skip
     if algo == "sac":
-        cmd += ["--algo", "sac", "--out-dir", os.path.join(run_dir_flag, "run", "expert"), "--final-eval-episodes", "10"]
+        expert_dir = os.path.join(run_dir_flag, "run", "expert")
+        cmd += ["--algo", "sac", "--out-dir", expert_dir, "--final-eval-episodes", "10"]
     run_dir = run_root / "run"
     resumed = (run_dir / "checkpoint.pt").exists() and not args.force  # an interrupted run: continue it
     # otherwise start afresh, replacing what a failed run (or one rerun with --force) left
