@@ -15,40 +15,36 @@ problem with reward f. At optimum g recovers the expert's reward up to a constan
 to shaping otherwise), and g is the part that transfers.
 
 Two changes to the logit keep the discriminator bounded with the SAC generator:
-- Tempered: d = f - alpha log pi, i.e. D = exp(f) / (exp(f) + pi^alpha) with SAC's learned temperature
-  (--pi-weight sets the weight; PPO keeps 1): exactly SAC's per-step objective. The log pi of the
-  expert's deterministic, often saturated actions under the stochastic learner (about -800 on
-  HalfCheetah) then weighs alpha times less; with weight 1 expert logits reached 300-1700.
+- Tempered: d = f - alpha log pi (D = exp(f) / (exp(f) + pi^alpha)) with SAC's learned temperature,
+  exactly SAC's per-step objective (--pi-weight sets w; PPO keeps 1). The expert's deterministic,
+  often saturated actions have log pi ~ -800 under the learner on HalfCheetah; with w = 1 expert
+  logits reached 300-1700.
 - Floored (continuous actions; --no-log-pi-floor: none): log pi(a|s) in the logit is at least the
-  uniform policy's log-density on the action box, -sum_i log(high_i - low_i). Otherwise -log pi alone
-  separates the expert's actions early on, the expert's loss saturates, and f only learns to push the
-  policy's samples down. Once pi puts more mass on the expert's actions than the uniform policy, the
+  uniform policy's, -sum_i log(high_i - low_i); otherwise -log pi alone separates the expert early and
+  f only learns to push the policy down. Once pi beats the uniform policy on the expert's actions, the
   floor is inactive and D has the paper's form.
 
 What this implementation adds:
-- ``--generator sac`` (default for continuous actions): off-policy, as in DAC. SAC maximizes
-  E[sum gamma^t (f - alpha log pi)] with reward f recomputed from the current f for every replayed
-  transition: the -log pi of the AIRL reward is SAC's own entropy term, with a learned weight alpha.
-  ``--expert-ratio rho`` fills a share rho of each SAC minibatch with expert transitions (rewarded by
-  f too), so the critic and actor also learn at the expert's states; 0 (default): replay alone.
-  ``--critic-layernorm``: LayerNorm in the critics' hidden layers (Ball et al. 2023, RLPD).
+- ``--generator sac`` (default for continuous actions): off-policy, as in DAC; SAC maximizes
+  E[sum gamma^t (f - alpha log pi)], f recomputed by the current net for every replayed transition.
+  ``--expert-ratio rho``: a share rho of each SAC minibatch are expert transitions (rewarded by f too);
+  ``--critic-layernorm``: LayerNorm in the critics (Ball et al. 2023, RLPD).
   ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; reward f - log pi with
   the rollout's log-probabilities; the only choice for discrete actions.
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] on
-  z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'] (with mask 1). Pairs
-  that touch the absorbing state are left out: s_abs lies close to expert states in z, so the
-  penalty would hold f near the expert's there and ending an episode would pay.
-- Absorbing states (DAC), for envs whose episodes terminate: s -> [s, 0]; a terminating (s, a, s')
-  becomes (s, a, s_abs), s_abs = [0, ..., 0, 1], followed by (s_abs, 0, s_abs); expert and policy
-  data both get them. g(s_abs) and h(s_abs) are learned like any state's; the absorbing state has a
-  single action (its action is zeroed, log pi = 0); values bootstrap through it, never masked: SAC's
-  target uses Q(s_abs, 0) with no entropy term, PPO uses V(s_abs) = r(s_abs) / (1 - gamma).
-  ``--no-absorbing`` masks terminal values and h(s') instead (f = g + gamma (1 - done) h(s') - h(s)).
+  z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'] (mask 1), leaving out pairs
+  that touch the absorbing state (it lies close to expert states in z: ending an episode would pay).
+- Absorbing states (DAC) for envs whose episodes terminate: s -> [s, 0]; a terminating (s, a, s')
+  becomes (s, a, s_abs), s_abs = [0, ..., 0, 1], followed by (s_abs, 0, s_abs), in expert and policy
+  data. g(s_abs) and h(s_abs) are learned; s_abs has a single action (zeroed, log pi = 0); values
+  bootstrap through it: SAC's target uses Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) /
+  (1 - gamma). ``--no-absorbing`` masks terminal values and h(s') instead.
 - The learned reward g is saved as runs/<run>/reward.pt. ``--reward-from PATH`` trains a fresh SAC
-  policy from scratch on r = g(s[, a]) from that file, with the env's true reward hidden from the
-  agent, and reports the true return it reaches (reward transfer).
+  policy on r = g(s[, a]) from that file, with the true reward hidden, and reports the true return
+  it reaches (reward transfer).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps)
+Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized ~0.9
+at 240-300k on a development seed, ~2 h on 2 CPU cores; records in benchmark_results/)
 """
 
 from __future__ import annotations
@@ -389,8 +385,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     envs = utils.make_vec_env(spec.env_id, args.num_envs)
     obs = envs.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
-    s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
-    s_abs[0, -1] = 1
+    s_abs = F.one_hot(torch.tensor([spec.obs_dim], device=device), spec.obs_dim + 1).float()  # [0, ..., 0, 1]
     weight = torch.tensor(float(args.pi_weight or 1.0), device=device)  # w of the discriminator's f - w log pi
 
     def log_prob(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -448,16 +443,11 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
-        flag = torch.zeros(T * n, 1, device=device)
-        with torch.no_grad():
-            # reward f(s, a, s') - w log pi(a|s); after termination s' is s_abs (or h(s') is masked)
-            nxt, mask = torch.cat([o2, flag], 1), 1 - term.flatten()
-            if args.absorbing:
-                nxt, mask = torch.where(term.view(-1, 1) > 0, s_abs, nxt), torch.ones_like(mask)
-            z = reward_net.z(torch.cat([o, flag], 1), torch.as_tensor(act_vec, device=device), nxt)
-            reward = airl_logit(reward_net.f_of_z(z, mask), weight * logp_t).view(T, n)
-            z_abs = reward_net.z(s_abs, torch.zeros(1, len(act_vec[0]), device=device), s_abs)
-            r_abs = reward_net.f_of_z(z_abs)  # log pi = 0 in the absorbing state
+        with torch.no_grad():  # reward f(s, a, s') - w log pi(a|s) of the rollout's rows, d's first T n
+            f = reward_net.f_of_z(reward_net.z(d["obs"][: T * n], d["act"][: T * n], d["next_obs"][: T * n]),
+                                  d["mask"][: T * n])  # fmt: skip
+            reward = airl_logit(f, weight * logp_t).view(T, n)
+            r_abs = reward_net.f_of_z(reward_net.z(s_abs, torch.zeros_like(d["act"][:1]), s_abs))  # log pi = 0
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
         # next-state value: V(s') after a time-limit end or a step; r(s_abs) / (1 - gamma) or 0 after termination
         v_end = r_abs / (1 - args.gamma) if args.absorbing else torch.zeros_like(r_abs)
@@ -526,11 +516,9 @@ def main(args: Args) -> dict:
     expert = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
     reward_net = RewardNet(spec.obs_dim + 1, expert["act"].shape[1], args.disc_hidden, args.state_only, args.gamma)
     reward_net = reward_net.to(device)
-    reward_net.obs_norm.mean.copy_(expert["obs"].mean(0))
-    reward_net.obs_norm.std.copy_(expert["obs"].std(0).clamp_min(1e-2))
+    for norm, x in ((reward_net.obs_norm, expert["obs"]), (reward_net.act_norm, expert["act"])):
+        norm.mean[:], norm.std[:] = x.mean(0), x.std(0).clamp_min(1e-2)
     reward_net.obs_norm.mean[-1], reward_net.obs_norm.std[-1] = 0.0, 1.0  # the absorbing flag stays 0/1
-    reward_net.act_norm.mean.copy_(expert["act"].mean(0))
-    reward_net.act_norm.std.copy_(expert["act"].std(0).clamp_min(1e-2))
     disc_opt = utils.Adam(reward_net.parameters(), args.disc_lr)
     # log pi of the uniform policy on the action box: the expert's deterministic actions, often at the bounds,
     # get log pi of -100s under the stochastic learner; floored there, the logit leaves f to separate them
