@@ -229,17 +229,6 @@ class TanhGaussianActor(nn.Module):
         return self.sample(obs)[0]
 
 
-class QNetwork(nn.Module):
-    """Q(s, a) for continuous actions: an MLP on the concatenation [s, a]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
-        super().__init__()
-        self.net = mlp(obs_dim + act_dim, 1, hidden)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
-
-
 class TwinQNetwork(nn.Module):
     """n independent Q(s, a) MLPs (ReLU) evaluated as one batched network: layer k's weights are stacked
     as [n, in, out] and applied with one ``baddbmm``, so twin critics cost one matmul per layer, not n.

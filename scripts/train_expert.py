@@ -289,12 +289,23 @@ def train_dqn(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
     return q
 
 
+class QNetwork(torch.nn.Module):
+    """Q(s, a) for continuous actions: an MLP on the concatenation [s, a]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.net = utils.mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+
+
 def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
     if spec.discrete:
         raise utils.CleanILError("train_expert's SAC handles continuous actions only; use --algo ppo or dqn")
     actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = torch.nn.ModuleList([utils.QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)])
+    critics = torch.nn.ModuleList([QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)])
     critics = critics.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     temperature = torch.nn.ParameterDict({"log_alpha": torch.nn.Parameter(torch.zeros(1, device=device))})

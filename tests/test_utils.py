@@ -215,13 +215,13 @@ def test_twin_q_network_is_two_independent_mlps():
     q = twin(obs, act)
     assert q.shape == (2, 5)
     for j in range(2):
-        single = utils.QNetwork(3, 2, (8, 4))
+        single = utils.mlp(3 + 2, 1, (8, 4))
         with torch.no_grad():
-            for layer, w, b in zip([m for m in single.net if isinstance(m, torch.nn.Linear)], twin.weights,
+            for layer, w, b in zip([m for m in single if isinstance(m, torch.nn.Linear)], twin.weights,
                                    twin.biases, strict=True):  # fmt: skip
                 layer.weight.copy_(w[j].T)
                 layer.bias.copy_(b[j, 0])
-        assert torch.allclose(q[j], single(obs, act), atol=1e-6)
+        assert torch.allclose(q[j], single(torch.cat([obs, act], -1)).squeeze(-1), atol=1e-6)
     assert not torch.allclose(q[0], q[1])  # initialized independently
 
 
