@@ -48,7 +48,7 @@ SUITES = {
     "classic": {"bc": CLASSIC, "dagger": CLASSIC, "gail": ("CartPole", "Pendulum"), "airl": ("CartPole", "Pendulum"),
                 "iqlearn": ("CartPole", "Acrobot"), "drlhp": ("CartPole", "Pendulum"),
                 "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4")},
-    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn")},
+    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn")} | {"drlhp": ("HalfCheetah", "Hopper")},
 }  # fmt: skip
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
 RUNNING: set[subprocess.Popen] = set()  # the training processes under way

@@ -85,9 +85,9 @@ def table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
         budget = max(r["env_steps"] if unit == "env steps" else r["steps"] for r in recs)
         wall = float(np.mean([r["wall_clock_s"] for r in recs]))
         rate = f"{np.mean([r['env_steps'] / r['wall_clock_s'] for r in recs]):.0f}" if unit == "env steps" else "-"
-        demos = sorted({r.get("num_demos") for r in recs}, key=str)
+        demos = sorted({"-" if r.get("num_demos") is None else str(r["num_demos"]) for r in recs})  # - : none used
         lines.append(
-            f"| {variant} | {env} | {','.join(str(r['seed']) for r in recs)} | {'/'.join(map(str, demos))} "
+            f"| {variant} | {env} | {','.join(str(r['seed']) for r in recs)} | {'/'.join(demos)} "
             f"| {budget:,} {unit} | {mean_std([r['final_normalized_return'] for r in recs])} "
             f"| {mean_std([auc(r) for r in recs])} | {mean_std([r['best_normalized_return'] for r in recs])} "
             f"| {wall:.0f} s | {rate} |"

@@ -52,3 +52,26 @@ def test_sweep_matches_the_script(path: Path):
                 if isinstance(value, float)
                 else str(value) == str(getattr(parsed, name))
             )
+
+
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "sweeps")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_file_loads_into_the_script(path: Path, monkeypatch):
+    """configs/<algo>/<EnvId>.yaml names a registered env and sets only real fields of the script's Args,
+    and ``--env <EnvId>`` picks it up as defaults through the script's own parser."""
+    import gymnasium as gym
+
+    from cleanil import utils
+
+    env_id = path.stem
+    assert env_id in gym.registry, f"{path}: no gymnasium env {env_id}"
+    algo = path.parent.name
+    module = importlib.import_module(f"scripts.{algo}" if algo == "train_expert" else f"cleanil.{algo}")
+    loaded = yaml.safe_load(path.read_text())
+    monkeypatch.setattr("sys.argv", [algo, "--env", env_id])
+    parsed = utils.parse_args(module.Args, algo)
+    for name, value in loaded.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(parsed, name) == expected, f"{path}: {name}"
