@@ -590,70 +590,6 @@ def machine() -> dict:
     return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(), "gpu": gpu}
 
 
-class RunLogger:
-    """Writes runs/<env>__<algo>__<seed>__<time>/{config.json, metrics.jsonl, model.pt}; optional wandb.
-
-    With ``resume`` (an existing run directory), reopens that run instead: rows of metrics.jsonl
-    past ``step`` (logged after the checkpoint being resumed) are dropped, and the clock continues
-    from ``elapsed`` seconds.
-    """
-
-    def __init__(self, args: Any, algo: str, env_id: str, resume: Path | None = None, step: int = 0,
-                 elapsed: float = 0.0):  # fmt: skip
-        default_name = f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
-        self.name = resume.name if resume else getattr(args, "run_name", None) or default_name
-        self.dir = resume or Path(args.run_dir) / self.name
-        config = {**dataclasses.asdict(args), "env_id": env_id, "algorithm": algo, "command": " ".join(sys.argv),
-                  "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
-        if resume:
-            rows = (self.dir / "metrics.jsonl").read_text().splitlines(keepends=True)
-            kept = "".join(r for r in rows if json.loads(r)["global_step"] <= step)
-            (self.dir / "metrics.jsonl").write_text(kept)
-        else:
-            if self.dir.exists() and not getattr(args, "overwrite", False):
-                raise CleanILError(f"{self.dir} already exists: pass --overwrite to replace it, "
-                                   f"or --resume {self.dir} to continue it")  # fmt: skip
-            try:
-                if self.dir.exists():
-                    shutil.rmtree(self.dir)
-                self.dir.mkdir(parents=True, exist_ok=False)
-                (self.dir / "config.json").write_text(json.dumps(config, indent=2))
-            except OSError as e:
-                raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
-        self.metrics = open(self.dir / "metrics.jsonl", "a")
-        self.start_time, self.wandb = time.time() - elapsed, None
-        if args.track:
-            import wandb
-
-            netrc = Path.home() / ".netrc"
-            logged_in = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
-            mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
-            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name,
-                                    config=config, dir=str(self.dir), mode=mode, resume="allow" if resume else None,
-                                    id=self.name.replace("__", "-").replace(".", "-"))  # fmt: skip
-        print(f"run {self.name}: {'resumed' if resume else 'outputs'} in {self.dir}")
-
-    def log(self, step: int, metrics: dict, env_steps: int | None = None) -> None:
-        elapsed = time.time() - self.start_time
-        row = {"global_step": step, "time": round(elapsed, 3)}
-        if env_steps is not None:
-            row.update(env_steps=env_steps, env_steps_per_s=round(env_steps / max(elapsed, 1e-9), 2))
-        row.update({k: float(v) for k, v in metrics.items()})
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        if self.wandb is not None:
-            self.wandb.log(row, step=step)
-        if "eval/return" in row:
-            norm = row.get("eval/normalized_return")
-            tqdm.write(f"step {step}: eval return {row['eval/return']:.1f}"
-                       + ("" if norm is None else f", normalized {norm:.3f}"))  # fmt: skip
-
-    def close(self) -> None:
-        self.metrics.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 class RunStopped(CleanILError):
     """The run stopped early (a signal, a non-finite value); ``code`` is the exit status."""
 
@@ -683,18 +619,20 @@ def _load_state(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
-class Run(RunLogger):
-    """A run's outputs (see RunLogger) and what lets it survive interruption and divergence.
+class Run:
+    """A run's outputs, runs/<env>__<algo>__<seed>__<time>/{config.json, metrics.jsonl, checkpoint.pt} (and
+    optional wandb), and what lets it survive interruption and divergence.
 
+    - With ``--resume DIR`` it reopens that run: ``start`` is the step of DIR/checkpoint.pt, rows of
+      metrics.jsonl past it are dropped (the resumed run appends without duplicate steps), the clock goes on.
     - ``restore(objects)`` registers what the training loop needs to continue (modules, optimizers,
-      replay buffers, tensors, by name) and, with ``--resume DIR``, loads DIR/checkpoint.pt into them,
-      with the RNG states; ``start`` is then the checkpoint's step, and metrics.jsonl rows past it are
-      dropped, so the resumed run appends without duplicate steps.
+      replay buffers, tensors, by name) and, when resuming, loads the checkpoint into them, with the RNG states.
     - ``tick(step)``, after each step of the loop, writes checkpoint.pt atomically every
       ``--checkpoint-every`` steps and at the last step; on SIGINT or SIGTERM it writes one and stops
       with a line saying how to resume.
-    - ``log`` stops the run, naming the quantity and the step, when a loss or a parameter is not finite.
-      A checkpoint is never written from non-finite parameters, so the last one on disk stays good.
+    - ``log`` writes a metrics row (and a line per evaluation), and stops the run, naming the quantity and the
+      step, when a loss or a parameter is not finite. A checkpoint is never written from non-finite
+      parameters, so the last one on disk stays good.
     """
 
     active: Run | None = None  # the run holding the signal handlers (one trains at a time in a process)
@@ -716,7 +654,38 @@ class Run(RunLogger):
                                    f"pass a larger --total-steps to continue it")  # fmt: skip
         self.state, self.start, self.total = state, state["step"] if state else 0, total
         self.every = args.checkpoint_every
-        super().__init__(args, algo, env_id, resume, self.start, state["elapsed"] if state else 0.0)
+        default_name = f"{env_id}__{algo}__{args.seed}__{int(time.time())}"
+        self.name = resume.name if resume else getattr(args, "run_name", None) or default_name
+        self.dir = resume or Path(args.run_dir) / self.name
+        config = {**dataclasses.asdict(args), "env_id": env_id, "algorithm": algo, "command": " ".join(sys.argv),
+                  "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
+        if resume:
+            rows = (self.dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+            kept = "".join(r for r in rows if json.loads(r)["global_step"] <= self.start)
+            (self.dir / "metrics.jsonl").write_text(kept)
+        else:
+            if self.dir.exists() and not getattr(args, "overwrite", False):
+                raise CleanILError(f"{self.dir} already exists: pass --overwrite to replace it, "
+                                   f"or --resume {self.dir} to continue it")  # fmt: skip
+            try:
+                if self.dir.exists():
+                    shutil.rmtree(self.dir)
+                self.dir.mkdir(parents=True, exist_ok=False)
+                (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+            except OSError as e:
+                raise CleanILError(f"cannot create run directory {self.dir}: {e.strerror or e}") from None
+        self.metrics = open(self.dir / "metrics.jsonl", "a")
+        self.start_time, self.wandb = time.time() - (state["elapsed"] if state else 0.0), None
+        if args.track:
+            import wandb
+
+            netrc = Path.home() / ".netrc"
+            logged_in = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+            mode = os.environ.get("WANDB_MODE") or ("online" if logged_in else "offline")
+            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=self.name,
+                                    config=config, dir=str(self.dir), mode=mode, resume="allow" if resume else None,
+                                    id=self.name.replace("__", "-").replace(".", "-"))  # fmt: skip
+        print(f"run {self.name}: {'resumed' if resume else 'outputs'} in {self.dir}")
         self.objects, self.extra, self.signal, self.saved = {}, None, None, self.start if state else None
         self.next_ckpt = self._next_checkpoint(self.start)
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -765,7 +734,19 @@ class Run(RunLogger):
 
     def log(self, step: int, metrics: dict, env_steps: int | None = None) -> None:
         self._check_finite(step, metrics)
-        super().log(step, metrics, env_steps)
+        elapsed = time.time() - self.start_time
+        row = {"global_step": step, "time": round(elapsed, 3)}
+        if env_steps is not None:
+            row.update(env_steps=env_steps, env_steps_per_s=round(env_steps / max(elapsed, 1e-9), 2))
+        row.update({k: float(v) for k, v in metrics.items()})
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        if "eval/return" in row:
+            norm = row.get("eval/normalized_return")
+            tqdm.write(f"step {step}: eval return {row['eval/return']:.1f}"
+                       + ("" if norm is None else f", normalized {norm:.3f}"))  # fmt: skip
 
     def tick(self, step: int) -> None:
         """After each step: checkpoint when due (and at the last step); on a signal, checkpoint and stop."""
@@ -790,7 +771,9 @@ class Run(RunLogger):
             signal.signal(s, h)
         self.handlers, Run.active = {}, None
         if not self.metrics.closed:
-            super().close()
+            self.metrics.close()
+            if self.wandb is not None:
+                self.wandb.finish()
 
 
 def progress(total: int, desc: str, initial: int = 0) -> tqdm:
