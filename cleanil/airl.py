@@ -30,7 +30,10 @@ What this implementation adds:
   ``--expert-ratio rho``: a share rho of each SAC minibatch are expert transitions (rewarded by f too);
   ``--critic-layernorm``: LayerNorm in the critics (Ball et al. 2023, RLPD).
   ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; reward f - log pi with
-  the rollout's log-probabilities; the only choice for discrete actions.
+  the rollout's log-probabilities; the only choice for discrete actions. ``--disc-replay N``: the
+  discriminator samples the last N policy transitions, not the current rollout alone, so past
+  terminations stay in view once the policy stops ending episodes (else f(s_abs) drifts up, unseen,
+  and the policy learns to fall: seen on CartPole).
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] on
   z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'] (mask 1), leaving out pairs
   that touch the absorbing state (it lies close to expert states in z: ending an episode would pay).
@@ -148,6 +151,8 @@ class Args:
     log_every: int = 1_000
     """log losses every this many env steps"""
     # ---- PPO generator
+    disc_replay: int = 0
+    """policy transitions the discriminator samples from, FIFO over past rollouts; 0: the current rollout (the paper)"""
     num_envs: int = 8
     """parallel envs"""
     num_steps: int = 128
@@ -381,7 +386,9 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
     critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
-    run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer})
+    disc_rb = utils.make_replay_buffer(args.disc_replay, args.disc_batch_size, device) if args.disc_replay else None
+    run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer}
+                | ({"disc_replay": disc_rb} if disc_rb is not None else {}))  # fmt: skip
     envs = utils.make_vec_env(spec.env_id, args.num_envs)
     obs = envs.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
@@ -437,9 +444,11 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             act_vec = spec.action_low + (spec.action_high - spec.action_low) * (act_vec + 1) / 2
         # discriminator on this rollout's transitions (with absorbing rows), then relabel the rollout
         d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
+        if disc_rb is not None:  # a replay keeps past terminations in view when the current policy no longer ends
+            disc_rb.extend(d)
         for _ in range(args.disc_updates or 10):
-            idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
-            disc_metrics = update_disc({k: d[k][idx] for k in BATCH_KEYS} | {"pi_weight": weight})
+            b = disc_rb.sample() if disc_rb else d[torch.randint(len(d), (args.disc_batch_size,), device=device)]
+            disc_metrics = update_disc({k: b[k] for k in BATCH_KEYS} | {"pi_weight": weight})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()

@@ -98,6 +98,20 @@ def test_sac_smoke_then_reward_transfer(tmp_path):
     assert "eval/normalized_return" in rows[-1]
 
 
+def test_ppo_discriminator_replay_keeps_past_rollouts(tmp_path):
+    """--disc-replay N: the discriminator samples from the last N policy transitions (absorbing rows included)
+    across rollouts, and the replay is checkpointed with the run."""
+    res = run_cli("cleanil/airl.py", "--env", "CartPole", "--total-steps", "768", "--num-envs", "4", "--num-steps",
+                  "64", "--update-epochs", "1", "--eval-every", "768", "--disc-replay", "600", "--run-dir",
+                  str(tmp_path), *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = read_metrics(only_run_dir(tmp_path))
+    assert [r["global_step"] for r in rows if "losses/policy" in r] == [256, 512, 768]
+    replay = torch.load(only_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)["objects"]["disc_replay"]
+    assert len(replay["data"]) == 600  # 3 rollouts of 256 transitions (and their absorbing rows), capped at 600
+    assert replay["data"]["obs"].shape[1] == 5  # CartPole's 4 dimensions and the absorbing flag
+
+
 def test_bad_input_gets_one_line(tmp_path):
     cases = [
         (("--env", "CartPole", "--generator", "sac"), "--generator sac needs continuous actions"),
