@@ -13,6 +13,9 @@ numbers never come from the seed the defaults were tuned on.
 
 ``--suite classic|mujoco|all`` runs the predefined grid (every algorithm on the envs it applies to).
 ``--algos sac`` runs the RL reference: SAC on the env's true reward (scripts/train_expert.py).
+AIRL's reward transfer, a fresh SAC on the reward each AIRL seed learned (true reward hidden):
+    python scripts/benchmark.py --algos airl --envs HalfCheetah --tag transfer \
+        --extra="--reward-from runs/benchmark/airl/{env}__seed{seed}/run/reward.pt --total-steps 300000"
 
 Run: python scripts/benchmark.py --algos bc --envs CartPole Pendulum --seeds 3 --jobs 2
 """
@@ -75,7 +78,8 @@ class Args:
     jobs: int = 2
     """runs at a time, one thread each"""
     extra: str = ""
-    """extra flags passed to every run, as one string after '=': --extra='--num-demos 25 --total-steps 5000'"""
+    """extra flags passed to every run, as one string after '=': --extra='--num-demos 25 --total-steps 5000';
+    {seed} and {env} in it become each run's seed and env id (e.g. a reward learned by the same seed)"""
     out_dir: str = "benchmark_results/records"
     """where records are written"""
     run_root: str = "runs/benchmark"
@@ -100,8 +104,9 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     variant = f"{algo}__{args.tag}" if args.tag else algo
     run_root = (utils.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
     run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
+    extra = shlex.split(args.extra.replace("{seed}", str(seed)).replace("{env}", env_id))
     cmd = [sys.executable, SCRIPTS[algo], "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
-           "--run-name", "run", *shlex.split(args.extra)]  # fmt: skip
+           "--run-name", "run", *extra]  # fmt: skip
     if algo == "sac":
         expert_dir = os.path.join(run_dir_flag, "run", "expert")
         cmd += ["--algo", "sac", "--out-dir", expert_dir, "--final-eval-episodes", "10"]

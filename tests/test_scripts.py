@@ -122,6 +122,24 @@ def test_benchmark_sac_reference_leaves_the_shipped_experts_alone(tmp_path):
     assert (REPO / "cleanil" / "experts" / "Pendulum-v1.json").read_bytes() == shipped
 
 
+def test_benchmark_reward_transfer_uses_each_seeds_own_reward(tmp_path):
+    """{seed} and {env} in --extra are filled per run: the transfer run of seed 2 trains on seed 2's reward."""
+    tiny = "--total-steps 300 --learning-starts 150 --eval-every 300 --log-every 50 --batch-size 32 --eval-episodes 2"
+    common = ("--algos", "airl", "--envs", "Pendulum", "--seeds", "1", "--first-seed", "2", "--out-dir",
+              str(tmp_path / "records"), "--run-root", str(tmp_path / "runs"))  # fmt: skip
+    res = run_cli("scripts/benchmark.py", *common, f"--extra=--num-demos 2 --hidden 16 16 {tiny}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    reward = tmp_path / "runs" / "airl" / "Pendulum-v1__seed2" / "run" / "reward.pt"
+    assert reward.exists()
+    template = str(tmp_path / "runs" / "airl" / "{env}__seed{seed}" / "run" / "reward.pt")
+    res = run_cli("scripts/benchmark.py", *common, "--tag", "transfer", f"--extra=--reward-from {template} {tiny}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rec = json.loads((tmp_path / "records" / "airl__transfer" / "Pendulum-v1__seed2.json").read_text())
+    assert f"--reward-from {reward} " in rec["command"] and rec["final_normalized_return"] is not None
+    rows = read_metrics(tmp_path / "runs" / "airl__transfer" / "Pendulum-v1__seed2" / "run")
+    assert any("losses/critic" in r for r in rows) and not any("losses/discriminator" in r for r in rows)
+
+
 def test_benchmark_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
     """A run that stopped at step 20 (its checkpoint) is resumed to 40, not restarted."""
     tiny = ("--eval-every", "20", "--log-every", "20", "--eval-episodes", "2", "--num-demos", "2")
