@@ -44,7 +44,8 @@ What this implementation adds:
   (1 - gamma). ``--no-absorbing`` masks terminal values and h(s') instead.
 - The learned reward g is saved as runs/<run>/reward.pt. ``--reward-from PATH`` trains a fresh SAC
   policy on r = g(s[, a]) from that file, with the true reward hidden, and reports the true return
-  it reaches (reward transfer).
+  it reaches (reward transfer); ``--shaped-transfer`` trains on f instead, whose shaping h(s) guides
+  learning from scratch and leaves the optimal policies unchanged under the same dynamics (Ng et al. 1999).
 
 Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized ~0.9
 at 240-300k on a development seed, ~2 h on 2 CPU cores; records in benchmark_results/)
@@ -113,6 +114,8 @@ class Args:
     """learn a state-only reward g(s) instead of g(s, a) (what transfers across dynamics)"""
     reward_from: str | None = None
     """a reward.pt saved by airl.py: train a fresh SAC policy on it (true reward hidden) instead of AIRL"""
+    shaped_transfer: bool = False
+    """with --reward-from: train on f = g + gamma h(s') - h(s), not g alone (same optimal policies in the same env)"""
     absorbing: bool = True
     """absorbing states for terminating episodes, as in DAC (--no-absorbing masks terminal values)"""
     gp_weight: float = 10.0
@@ -513,7 +516,13 @@ def main(args: Args) -> dict:
     if args.reward_from:  # reward transfer: a fresh SAC on the saved g, true reward hidden
         net = load_reward(args.reward_from, spec, device)
         run = utils.Run(args, "airl_reward_transfer", env_id, args.total_steps)
-        final = train_sac(args, spec, device, actor, lambda b: net.reward(b["obs"], b["act"]), None, run, {})
+
+        def transfer_reward(b: dict) -> torch.Tensor:  # g(s[, a]), or f with --shaped-transfer
+            if args.shaped_transfer:
+                return net.f_of_z(net.z(b["obs"], b["act"], b["next_obs"]), b["mask"])
+            return net.reward(b["obs"], b["act"])
+
+        final = train_sac(args, spec, device, actor, transfer_reward, None, run, {})
         if args.save_model:
             utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
         run.close()

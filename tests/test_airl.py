@@ -96,6 +96,13 @@ def test_sac_smoke_then_reward_transfer(tmp_path):
     assert [r["global_step"] for r in rows if "losses/critic" in r] == [400, 500, 600]
     assert not any("losses/discriminator" in r for r in rows)
     assert "eval/normalized_return" in rows[-1]
+    # the same seed on the shaped f = g + gamma h(s') - h(s): identical but for the reward (the flag is not ignored)
+    res = run_cli("cleanil/airl.py", "--env", "Hopper", "--reward-from", str(run / "reward.pt"), "--shaped-transfer",
+                  "--run-dir", str(tmp_path / "shaped"), *SAC_TINY, *TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    shaped = [r["reward_mean"] for r in read_metrics(only_run_dir(tmp_path / "shaped")) if "reward_mean" in r]
+    plain = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    assert len(shaped) == len(plain) == 3 and all(np.isfinite(shaped)) and shaped != plain
 
 
 def test_ppo_discriminator_replay_keeps_past_rollouts(tmp_path):
