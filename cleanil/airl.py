@@ -212,6 +212,10 @@ class RewardNet(nn.Module):
         """The learned reward g(s[, a]) alone (what --reward-from trains on)."""
         return self.g_of_z(self.z(obs, act, obs))
 
+    def f(self, b: dict) -> torch.Tensor:
+        """f(s, a, s') of a batch of transitions (SAC's reward; SAC adds -alpha log pi itself)."""
+        return self.f_of_z(self.z(b["obs"], b["act"], b["next_obs"]), b["mask"])
+
 
 BATCH_KEYS = ("obs", "act", "next_obs", "mask")  # the transition fields the update steps read
 
@@ -516,13 +520,8 @@ def main(args: Args) -> dict:
     if args.reward_from:  # reward transfer: a fresh SAC on the saved g, true reward hidden
         net = load_reward(args.reward_from, spec, device)
         run = utils.Run(args, "airl_reward_transfer", env_id, args.total_steps)
-
-        def transfer_reward(b: dict) -> torch.Tensor:  # g(s[, a]), or f with --shaped-transfer
-            if args.shaped_transfer:
-                return net.f_of_z(net.z(b["obs"], b["act"], b["next_obs"]), b["mask"])
-            return net.reward(b["obs"], b["act"])
-
-        final = train_sac(args, spec, device, actor, transfer_reward, None, run, {})
+        reward_fn = net.f if args.shaped_transfer else lambda b: net.reward(b["obs"], b["act"])
+        final = train_sac(args, spec, device, actor, reward_fn, None, run, {})
         if args.save_model:
             utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
         run.close()
@@ -563,13 +562,10 @@ def main(args: Args) -> dict:
 
     update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps, args.cudagraphs)
 
-    def sac_reward(b: dict) -> torch.Tensor:  # f(s, a, s'); SAC adds -alpha log pi itself
-        return reward_net.f_of_z(reward_net.z(b["obs"], b["act"], b["next_obs"]), b["mask"])
-
     run = utils.Run(args, f"airl_{generator}", env_id, args.total_steps)
     state = {"reward": reward_net, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     if generator == "sac":
-        final = train_sac(args, spec, device, actor, sac_reward, update_disc, run, state, expert)
+        final = train_sac(args, spec, device, actor, reward_net.f, update_disc, run, state, expert)
     else:
         final = train_ppo(args, spec, device, actor, reward_net, update_disc, run, state)
     if args.save_model:
