@@ -285,7 +285,8 @@ def maybe_compile(fn: Callable, enabled: bool | None, updates: int = 0, cudagrap
         except Exception as e:  # e.g. no C++ compiler on this machine: say so once and run eagerly
             if current is fn:
                 raise
-            print(f"warning: torch.compile failed ({type(e).__name__}); {fn.__name__} runs eagerly", file=sys.stderr)
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+            print(f"warning: torch.compile failed ({why}); {fn.__name__} runs eagerly", file=sys.stderr)
             current = fn
             return fn(*args, **kwargs)
 

@@ -148,7 +148,9 @@ def main(args: Args) -> None:
     rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            rates.setdefault((PLAIN, "eager"), []).append(loop_rate("scripts/train_expert.py", env_id, [], args, tmp))
+            rate = loop_rate("scripts/train_expert.py", env_id, [], args, tmp)
+            rates.setdefault((PLAIN, "eager"), []).append(rate)
+            print(f"repeat {r + 1}/{args.repeats}: {PLAIN} eager {rate:.1f} env steps/s", flush=True)
             for algo in args.algos:
                 for mode, flags in modes.items():
                     rate = loop_rate(f"cleanil/{algo}.py", env_id, flags, args, tmp)

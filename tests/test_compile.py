@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics
 
-from cleanil import airl, drlhp, gail, iqlearn
+from cleanil import airl, drlhp, gail, iqlearn, utils
 
 SAC = {"env": "Pendulum", "total_steps": 310, "learning_starts": 300, "log_every": 1, "eval_every": 310,
        "eval_episodes": 1, "hidden": (32, 32)}  # fmt: skip
@@ -42,3 +42,19 @@ def test_compiled_update_matches_eager(tmp_path, capsys, name):
         a, b = np.array([r[k] for r in eager]), np.array([r[k] for r in compiled])
         assert a[0] == pytest.approx(b[0], rel=1e-4, abs=1e-5), k  # the first update: same inputs, same math
         assert a == pytest.approx(b, rel=1e-2, abs=1e-3), k  # later ones drift only by float rounding
+
+
+def test_compile_failure_falls_back_to_eager_and_says_why(capsys):
+    """A step that cannot be compiled as one graph (data-dependent control flow under fullgraph) runs
+    eagerly with the same result, after one warning that names the error."""
+    torch._dynamo.reset()
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum().item() > 0 else x - 1
+
+    compiled = utils.maybe_compile(step, True)
+    x = torch.ones(3)
+    assert torch.equal(compiled(x), x * 2) and torch.equal(compiled(-x), -x - 1)
+    err = capsys.readouterr().err
+    assert err.count("warning: torch.compile failed") == 1 and "step runs eagerly" in err
+    assert err.split("torch.compile failed (")[1].split(")")[0].count(":") >= 1  # error type and its message
