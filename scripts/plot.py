@@ -125,6 +125,26 @@ def reward_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
+def sac_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Final return of each variant against SAC on the env's true reward (the ``sac`` records) at the same
+    env-step budget: the ratio of the mean final returns."""
+    lines = ["| algorithm | env | seeds | final return | SAC seeds | SAC final return | ratio |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (variant, env), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ref = groups.get(("sac", env))
+        if variant == "sac" or not ref or recs[0]["env_steps"] == 0:
+            continue
+        if max(r["env_steps"] for r in recs) != max(r["env_steps"] for r in ref):
+            continue
+        ret, ref_ret = [r["final_return"] for r in recs], [r["final_return"] for r in ref]
+        lines.append(
+            f"| {variant} | {env} | {','.join(str(r['seed']) for r in recs)} | {np.mean(ret):.1f} +- {np.std(ret):.1f} "
+            f"| {','.join(str(r['seed']) for r in ref)} | {np.mean(ref_ret):.1f} +- {np.std(ref_ret):.1f} "
+            f"| {np.mean(ret) / np.mean(ref_ret):.3f} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 def write_between_markers(path: Path, lines: list[str]) -> None:
     """Replace the text between the results markers of ``path`` (the top-level README) with ``lines``."""
     text = path.read_text()
@@ -175,7 +195,7 @@ def main(args: Args) -> None:
         raise utils.CleanILError(f"no benchmark records under {root}")
     envs = sorted({env for _, env in groups})
     query_envs = sorted({env for (_, env), recs in groups.items() if has_queries(recs)})
-    rewards = reward_table(groups)
+    rewards, against_sac = reward_table(groups), sac_table(groups)
     lines = [
         "# Benchmark results",
         "",
@@ -200,6 +220,19 @@ def main(args: Args) -> None:
                 "",
             ]
             if rewards
+            else []
+        ),
+        *(
+            [
+                "## Against SAC on the true reward",
+                "",
+                "Final return (mean +- std over seeds) against SAC trained on the env's true reward for the same",
+                "env steps (`python scripts/benchmark.py --algos sac`); ratio = the ratio of the two means.",
+                "",
+                *against_sac,
+                "",
+            ]
+            if against_sac
             else []
         ),
         "## Learning curves",

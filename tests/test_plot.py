@@ -61,6 +61,23 @@ def test_reward_correlation_table(tmp_path: Path):
     assert plot.reward_table({("gail", "Toy-v0"): [record(1, [1.0])]}) == []
 
 
+def test_against_sac_table():
+    """Ratio of mean final returns against the sac records at the same env-step budget; offline runs and
+    other budgets are left out, and without sac records there is no table."""
+
+    def rec(seed: int, ret: float, env_steps: int = 100) -> dict:
+        return record(seed, [0.5, 1.0], env_steps) | {"final_return": ret}
+
+    groups = {("sac", "Toy-v0"): [rec(1, 100.0), rec(2, 200.0)],
+              ("drlhp", "Toy-v0"): [rec(1, 110.0), rec(2, 130.0)],
+              ("bc", "Toy-v0"): [rec(1, 150.0, env_steps=0)],
+              ("gail", "Toy-v0"): [rec(1, 150.0, env_steps=50)]}  # fmt: skip
+    header, _, row = plot.sac_table(groups)
+    assert header.startswith("| algorithm | env | seeds | final return | SAC seeds")
+    assert row == "| drlhp | Toy-v0 | 1,2 | 120.0 +- 10.0 | 1,2 | 150.0 +- 50.0 | 0.800 |"
+    assert plot.sac_table({k: v for k, v in groups.items() if k[0] != "sac"}) == []
+
+
 def test_unreadable_record_gets_one_line(tmp_path):
     (tmp_path / "records" / "bc").mkdir(parents=True)
     (tmp_path / "records" / "bc" / "x.json").write_text("{not json")
