@@ -74,13 +74,18 @@ def mean_std(values: list[float | None]) -> str:
     return f"{np.mean(vals):.3f} +- {np.std(vals):.3f}"
 
 
+def by_env(groups: dict[tuple[str, str], list[dict]]) -> list[tuple[tuple[str, str], list[dict]]]:
+    """The groups in table order: by env, then by variant."""
+    return sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
+
 def table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     lines = [
         "| algorithm | env | seeds | demos | budget | final normalized | AUC normalized | best | wall-clock "
         "| env steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (variant, env), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (variant, env), recs in by_env(groups):
         _, unit = x_of(recs[0])
         budget = max(r["env_steps"] if unit == "env steps" else r["steps"] for r in recs)
         wall = float(np.mean([r["wall_clock_s"] for r in recs]))
@@ -113,7 +118,7 @@ def reward_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     """Correlations of recovered rewards with the true reward (reward/* metrics of the last evaluation)."""
     evals = [r.get("final_eval", {}) for recs in groups.values() for r in recs]
     keys = sorted({k for ev in evals for k in ev if k.startswith("reward/")})
-    rows = [(v, e, recs) for (v, e), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    rows = [(v, e, recs) for (v, e), recs in by_env(groups)
             if any(k in r.get("final_eval", {}) for r in recs for k in keys)]  # fmt: skip
     if not rows:
         return []
@@ -130,7 +135,7 @@ def sac_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     env-step budget: the ratio of the mean final returns."""
     lines = ["| algorithm | env | seeds | final return | SAC seeds | SAC final return | ratio |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (variant, env), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (variant, env), recs in by_env(groups):
         ref = groups.get(("sac", env))
         if variant == "sac" or not ref or recs[0]["env_steps"] == 0:
             continue
