@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -42,7 +43,7 @@ PLAIN = "plain SAC"  # scripts/train_expert.py's eager loop
 
 @dataclass
 class Args:
-    algos: tuple[str, ...] = ("gail", "airl", "iqlearn", "drlhp")
+    algos: tuple[Literal["gail", "airl", "iqlearn", "drlhp"], ...] = ("gail", "airl", "iqlearn", "drlhp")
     """off-policy algorithms to time (file names under cleanil/)"""
     env: str = "HalfCheetah"
     """environment (alias or gymnasium id)"""

@@ -222,3 +222,13 @@ def test_speed_report(tmp_path):
         rate, flops = float(r[2]), float(r[6])
         assert rate > 0 and flops > 0  # measured env steps/s and counted FLOPs of one update
     assert "Simulator alone" in report and "Plain eager SAC loop" in report
+
+
+def test_speed_rejects_an_algorithm_it_cannot_time(tmp_path):
+    """An algorithm speed.py does not time (an on-policy one, or a typo) is a usage error, not a traceback."""
+    out = tmp_path / "speed.md"
+    for algo in ("bc", "gial"):
+        res = run_cli("scripts/speed.py", "--algos", algo, "--out", str(out))
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert f"invalid choice '{algo}'" in res.stderr
+    assert not out.exists()
