@@ -47,8 +47,8 @@ What this implementation adds:
   it reaches (reward transfer); ``--shaped-transfer`` trains on f instead, whose shaping h(s) guides
   learning from scratch and leaves the optimal policies unchanged under the same dynamics (Ng et al. 1999).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized ~0.9
-at 240-300k on a development seed, ~2 h on 2 CPU cores; records in benchmark_results/)
+Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 at
+300k on benchmark seed 1, ~2 h 15 min on one CPU core; records in benchmark_results/)
 """
 
 from __future__ import annotations
