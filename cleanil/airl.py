@@ -46,6 +46,8 @@ What this implementation adds:
   policy on r = g(s[, a]) from that file, with the true reward hidden, and reports the true return
   it reaches (reward transfer); ``--shaped-transfer`` trains on f instead, whose shaping h(s) guides
   learning from scratch and leaves the optimal policies unchanged under the same dynamics (Ng et al. 1999).
+  A reward meant for reuse is best learned with --state-only --generator ppo: on HalfCheetah a fresh SAC
+  climbs a g learned by PPO-AIRL, not one learned with SAC (as arXiv:2403.14593 reports; README).
 
 Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 at
 300k on benchmark seed 1, ~2 h 15 min on one CPU core; records in benchmark_results/)
