@@ -47,7 +47,7 @@ What this implementation adds:
   it reaches (reward transfer); ``--shaped-transfer`` trains on f instead, whose shaping h(s) guides
   learning from scratch and leaves the optimal policies unchanged under the same dynamics (Ng et al. 1999).
   A reward meant for reuse is best learned with --state-only --generator ppo: on HalfCheetah a fresh SAC
-  climbs a g learned by PPO-AIRL, not one learned with SAC (as arXiv:2403.14593 reports; README).
+  climbs a g learned by PPO-AIRL (2 of 3 benchmark seeds), not one learned with SAC (arXiv:2403.14593).
 
 Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 at
 300k on benchmark seed 1, ~2 h 15 min on one CPU core; records in benchmark_results/)
