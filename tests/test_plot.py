@@ -43,7 +43,9 @@ def test_auc_and_table_rows(tmp_path: Path):
     assert cells[:5] == ["gail", "Toy-v0", "1,2", "10", "100 env steps"]
     assert cells[5] == "0.900 +- 0.100"  # final: 1.0 and 0.8
     assert cells[6] == "0.600 +- 0.100"  # AUC: 0.5 and 0.7
-    assert cells[7] == "1.000 +- 0.000" and cells[9] == "10"  # best; 100 env steps / 10 s
+    assert cells[7] == "1.000 +- 0.000" and cells[10] == "10"  # best; 100 env steps / 10 s
+    assert cells[8] == "100"  # seed 1 first reaches 0.9 at step 100, seed 2 at 50
+    assert plot.all_reach([record(1, [0.0, 0.95]), record(2, [0.5, 0.85])]) == "1/2 seeds"
 
 
 def test_reward_correlation_table(tmp_path: Path):
