@@ -9,7 +9,7 @@ maximizes over Q, for the chi-squared divergence (phi(x) = x - x^2 / (4 a), a = 
 
     J(Q) = E_{rho_E}[ Q(s, a) - gamma V(s') ] - (value term) - 1 / (4 a) E[ (Q(s, a) - gamma V(s'))^2 ]
 
-with V(s') masked at terminations (--terminal-value below). The value term is one of (``--value-loss``):
+with V(s') masked at terminations. The value term is one of (``--value-loss``):
     value: E_{rho}[ V(s) - gamma V(s') ]   over the batch (expert and policy samples online,
            expert samples offline): a telescoped, lower-variance estimate of (1 - gamma) E[V(s0)]
     v0:    (1 - gamma) E_{s0}[ V(s0) ]     with the batch's expert states standing in for the
@@ -27,11 +27,6 @@ authors' "regularize" setting for online runs).
 - Online (default): every env step adds a policy transition to a replay buffer, and each update
   mixes half expert and half policy samples. Offline (--offline): expert data only, no env steps.
 - V(s') uses Polyak-averaged target networks (--use-target).
-- ``--terminal-value min`` (online, continuous actions; Al-Hafez et al. 2023, LS-IQ, arXiv:2303.00599): a
-  termination bootstraps V(s_abs) = r_min / (1 - gamma) instead of 0. With half-expert, half-policy batches
-  the objective's optimum is r*(s, a) = 4a (rho_E - rho_pi) / (rho_E + rho_pi), in [-4a, 4a]; the absorbing
-  state, which only the policy reaches, earns r_min = -4a forever. Masked (0), ending an episode is worth
-  more than staying in states the expert never visits, and on Ant the policy learns to fall.
 - The recovered reward r = Q(s, a) - gamma V(s') is scored against the env's true reward two ways
   (Pearson correlations): per transition on held-out expert transitions (reward/pearson_heldout, at
   every evaluation), and per episode, as in the authors' code, between the recovered and the true
@@ -118,8 +113,6 @@ class Args:
     """minibatch size (online: half expert, half policy)"""
     num_critics: int = 2
     """continuous actions: soft Q-networks, each trained on the loss, V from their minimum (1 or 2)"""
-    terminal_value: Literal["zero", "min"] = "zero"
-    """value after a termination: zero (masked, the paper) or min = -4a / (1 - gamma) (online, continuous actions)"""
     use_target: bool = True
     """compute V(s') with Polyak-averaged target Q network(s)"""
     tau: float = 0.005
@@ -147,16 +140,14 @@ def iq_loss(
     value_loss: str,
     chi_alpha: float,
     regularize_all: bool,
-    v_end: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """-J(Q) on a batch of Q(s, a), V(s), V(s'), termination flags and expert flags (1 = expert row).
 
-    y = gamma ((1 - done) V(s') + done v_end)                          v_end: the value after a termination
-    r = Q(s, a) - y                                                    implied reward
+    r = Q(s, a) - gamma (1 - done) V(s')                               implied reward
     loss = -E_E[r] + value term + 1 / (4 a) E_{E or all}[r^2]
-    value term: E_all[V(s) - y] ("value") or (1 - gamma) E_E[V(s)] ("v0")
+    value term: E_all[V(s) - gamma (1 - done) V(s')] ("value") or (1 - gamma) E_E[V(s)] ("v0")
     """
-    y = gamma * ((1 - done) * next_v + done * v_end)
+    y = gamma * (1 - done) * next_v
     r = q - y
     e = is_expert / is_expert.sum().clamp_min(1)  # weights of a mean over expert rows
     softq = -(r * e).sum()
@@ -197,8 +188,6 @@ def main(args: Args) -> dict:
         raise utils.CleanILError("--reward-episodes must be 0 (skip) or at least 2 (a correlation needs two)")
     if args.num_critics < 1:
         raise utils.CleanILError("--num-critics must be at least 1")
-    if args.terminal_value == "min" and (args.offline or spec.discrete):
-        raise utils.CleanILError("--terminal-value min needs online training with continuous actions")
     utils.set_seed(args.seed)
     demos = utils.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
     # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
@@ -227,7 +216,6 @@ def main(args: Args) -> dict:
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.tensor([np.log(args.init_temp)], dtype=torch.float32, device=device, requires_grad=True)
     critic_opt = utils.Adam(critics.parameters(), args.critic_lr)
-    v_end = -4 * args.chi_alpha / (1 - args.gamma) if args.terminal_value == "min" else 0.0  # V(s_abs)
     actor_opt = None if spec.discrete else utils.Adam(actor.parameters(), args.actor_lr)
     alpha_opt = utils.Adam([log_alpha], args.critic_lr) if args.learn_temp else None
 
@@ -250,10 +238,10 @@ def main(args: Args) -> dict:
             next_v = value(targets if args.use_target else critics, b["next_obs"], alpha)
         v = value(critics, b["obs"], alpha)
         losses = [iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss, args.chi_alpha,
-                          not args.offline, v_end) for q in q_values(critics, b["obs"], b["act"])]  # fmt: skip
+                          not args.offline) for q in q_values(critics, b["obs"], b["act"])]  # fmt: skip
         loss = sum(twin_loss for twin_loss, _ in losses) / len(losses)  # each twin trained on its own loss
         critic_opt.step(loss)
-        metrics = losses[0][1] | {"losses/iq": loss.detach(), "replay/terminal_share": b["done"].mean()}
+        metrics = losses[0][1] | {"losses/iq": loss.detach()}
         if not spec.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
             a, logp = actor.sample(b["obs"])
             actor_loss = (alpha * logp - critics(b["obs"], a).min(0).values).mean()
@@ -269,10 +257,10 @@ def main(args: Args) -> dict:
 
     @torch.no_grad()
     def recovered_reward(b: dict) -> np.ndarray:
-        """r(s, a) = Q(s, a) - gamma ((1 - done) V(s') + done v_end), from the online networks (min of twin Qs)."""
+        """r(s, a) = Q(s, a) - gamma (1 - done) V(s'), from the online networks (the min of twin Qs)."""
+        alpha = log_alpha.exp()
         q = torch.min(torch.stack(q_values(critics, b["obs"], b["act"])), 0).values
-        next_v = (1 - b["done"]) * value(critics, b["next_obs"], log_alpha.exp()) + b["done"] * v_end
-        return (q - args.gamma * next_v).cpu().numpy()
+        return (q - args.gamma * (1 - b["done"]) * value(critics, b["next_obs"], alpha)).cpu().numpy()
 
     def evaluate(step: int) -> dict:
         policy = utils.numpy_policy(actor, device)

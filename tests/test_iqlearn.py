@@ -41,15 +41,6 @@ def test_iq_loss_v0_variant_offline():
     assert loss.item() == pytest.approx(-1 + value + chi2)
 
 
-def test_iq_loss_terminal_value():
-    """A termination bootstraps v_end: y = gamma ((1 - done) V(s') + done v_end) = [1, -2, 3], r = [1, 3, -3]."""
-    loss, parts = iqlearn.iq_loss(Q, V, NEXT_V, DONE, EXPERT, 0.5, "value", 0.5, regularize_all=True, v_end=-4.0)
-    softq, value, chi2 = -(1 + 3) / 2, ((1 - 1) + (3 + 2) + (2 - 3)) / 3, 0.5 * (1 + 9 + 9) / 3
-    assert parts["losses/softq"].item() == pytest.approx(softq)
-    assert parts["losses/value"].item() == pytest.approx(value)
-    assert loss.item() == pytest.approx(softq + value + chi2)
-
-
 def test_iq_loss_gradient_raises_expert_q():
     q = Q.clone().requires_grad_(True)
     loss, _ = iqlearn.iq_loss(q, V, NEXT_V, DONE, EXPERT, 0.5, "v0", 100.0, regularize_all=False)
@@ -103,27 +94,11 @@ def test_smoke_all_modes(tmp_path, env, mode):
     assert (run / "model.pt").exists() and (run / "reward.pt").exists()
 
 
-def test_terminal_value_min_on_a_terminating_env(tmp_path):
-    """Hopper under random actions falls within tens of steps: terminal rows reach the updates, which
-    bootstrap V(s_abs) = -4a / (1 - gamma) there, and the losses stay finite."""
-    res = run_cli("cleanil/iqlearn.py", "--env", "Hopper", "--terminal-value", "min", "--num-demos", "1",
-                  "--heldout-demos", "1", "--total-steps", "400", "--learning-starts", "200", "--eval-every", "400",
-                  "--log-every", "100", "--eval-episodes", "2", "--hidden", "32", "32", "--batch-size", "64",
-                  "--reward-episodes", "0", "--run-dir", str(tmp_path))  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    losses = [r for r in read_metrics(only_run_dir(tmp_path)) if "losses/iq" in r]
-    assert [r["global_step"] for r in losses] == [300, 400]
-    assert all(np.isfinite(r["losses/iq"]) for r in losses)
-    assert max(r["replay/terminal_share"] for r in losses) > 0
-
-
 def test_bad_input_gets_one_line(tmp_path):
     cases = [
         (("--env", "CartPole", "--learn-temp"), "--learn-temp applies to continuous actions only"),
         (("--env", "Pendulum", "--heldout-demos", "0"), "--heldout-demos must be at least 1"),
         (("--env", "Pendulum", "--num-critics", "0"), "--num-critics must be at least 1"),
-        (("--env", "CartPole", "--terminal-value", "min"), "--terminal-value min needs online training"),
-        (("--env", "Pendulum", "--offline", "--terminal-value", "min"), "--terminal-value min needs online training"),
         (("--env", "Pendulum", "--reward-episodes", "1"), "--reward-episodes must be 0 (skip) or at least 2"),
         (("--env", "Pendulum", "--demos", str(tmp_path / "missing.npz")), "missing.npz"),
     ]
