@@ -4,53 +4,48 @@ Fu, Luo & Levine (2018), "Learning Robust Rewards with Adversarial Inverse Reinf
 ICLR, https://arxiv.org/abs/1710.11248. Absorbing states and the off-policy generator follow
 Kostrikov et al. (2019), "Discriminator-Actor-Critic" (DAC), https://arxiv.org/abs/1809.02925.
 
-The discriminator has a fixed form built from a learned reward g and a shaping potential h:
+The discriminator is built from a learned reward g and a shaping potential h:
 
     f(s, a, s') = g(s, a) + gamma h(s') - h(s)          (g(s) with --state-only)
     D(s, a, s') = exp(f) / (exp(f) + pi(a|s)),   i.e. logit d = f(s, a, s') - log pi(a|s)
 
-trained with binary cross-entropy (expert = 1, policy = 0); log pi comes from the current policy and
-is not differentiated. The policy maximizes log D - log(1 - D) = f - log pi: an entropy-regularized RL
-problem with reward f. At optimum g recovers the expert's reward up to a constant (state-only g, up
-to shaping otherwise), and g is the part that transfers.
+trained with binary cross-entropy (expert = 1, policy = 0), log pi from the current policy, not
+differentiated. The policy maximizes log D - log(1 - D) = f - log pi, entropy-regularized RL with
+reward f. At optimum g recovers the expert's reward up to a constant (state-only g; up to shaping
+otherwise), and g is the part that transfers. Two changes keep the logit bounded with SAC:
+- Tempered: d = f - alpha log pi with SAC's learned temperature, exactly SAC's per-step objective
+  (--pi-weight sets it; PPO keeps 1). The expert's often saturated actions have log pi ~ -800 under
+  the learner on HalfCheetah; with weight 1 expert logits reached 300-1700.
+- Floored (continuous actions; --no-log-pi-floor: none): log pi(a|s) is at least the uniform policy's,
+  -sum_i log(high_i - low_i); otherwise -log pi alone separates the expert early and f only pushes the
+  policy down. Once pi beats the uniform policy on the expert's actions, D has the paper's form.
 
-Two changes to the logit keep the discriminator bounded with the SAC generator:
-- Tempered: d = f - alpha log pi (D = exp(f) / (exp(f) + pi^alpha)) with SAC's learned temperature,
-  exactly SAC's per-step objective (--pi-weight sets w; PPO keeps 1). The expert's deterministic,
-  often saturated actions have log pi ~ -800 under the learner on HalfCheetah; with w = 1 expert
-  logits reached 300-1700.
-- Floored (continuous actions; --no-log-pi-floor: none): log pi(a|s) in the logit is at least the
-  uniform policy's, -sum_i log(high_i - low_i); otherwise -log pi alone separates the expert early and
-  f only learns to push the policy down. Once pi beats the uniform policy on the expert's actions, the
-  floor is inactive and D has the paper's form.
+Generators: ``--generator sac`` (continuous actions; DAC's off-policy setting): SAC maximizes
+E[sum gamma^t (f - alpha log pi)], f recomputed by the current net for every replayed transition;
+``--expert-ratio rho`` fills a share rho of each minibatch with expert transitions (rewarded by f too)
+and ``--critic-layernorm`` puts LayerNorm in the critics (Ball et al. 2023, RLPD). ``--generator ppo``:
+on-policy, the paper's setting with PPO for TRPO, reward f - log pi with the rollout's log-probabilities;
+the only choice for discrete actions. ``--disc-replay N`` lets its discriminator sample the last N policy
+transitions, so past terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the
+policy learns to fall).
 
-What this implementation adds:
-- ``--generator sac`` (default for continuous actions): off-policy, as in DAC; SAC maximizes
-  E[sum gamma^t (f - alpha log pi)], f recomputed by the current net for every replayed transition.
-  ``--expert-ratio rho``: a share rho of each SAC minibatch are expert transitions (rewarded by f too);
-  ``--critic-layernorm``: LayerNorm in the critics (Ball et al. 2023, RLPD).
-  ``--generator ppo``: on-policy, the paper's setting with PPO instead of TRPO; reward f - log pi with
-  the rollout's log-probabilities; the only choice for discrete actions. ``--disc-replay N``: the
-  discriminator samples the last N policy transitions, not the current rollout alone, so past
-  terminations stay in view once the policy stops ending episodes (else f(s_abs) drifts up, unseen,
-  and the policy learns to fall: seen on CartPole).
-- Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] on
-  z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'] (mask 1), leaving out pairs
-  that touch the absorbing state (it lies close to expert states in z: ending an episode would pay).
-- Absorbing states (DAC) for envs whose episodes terminate: s -> [s, 0]; a terminating (s, a, s')
-  becomes (s, a, s_abs), s_abs = [0, ..., 0, 1], followed by (s_abs, 0, s_abs), in expert and policy
-  data. g(s_abs) and h(s_abs) are learned; s_abs has a single action (zeroed, log pi = 0); values
-  bootstrap through it: SAC's target uses Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) /
-  (1 - gamma). ``--no-absorbing`` masks terminal values and h(s') instead.
-- The learned reward g is saved as runs/<run>/reward.pt. ``--reward-from PATH`` trains a fresh SAC
-  policy on r = g(s[, a]) from that file, with the true reward hidden, and reports the true return
-  it reaches (reward transfer); ``--shaped-transfer`` trains on f instead, whose shaping h(s) guides
-  learning from scratch and leaves the optimal policies unchanged under the same dynamics (Ng et al. 1999).
-  A reward meant for reuse is best learned with --state-only --generator ppo: on HalfCheetah a fresh SAC
-  climbs a g learned by PPO-AIRL (2 of 3 benchmark seeds), not one learned with SAC (arXiv:2403.14593).
+- Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] at
+  z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'], leaving out pairs that
+  touch the absorbing state (it lies close to expert states in z: ending an episode would pay).
+- Absorbing states (DAC): s -> [s, 0]; a terminating (s, a, s') becomes (s, a, s_abs), s_abs =
+  [0, ..., 0, 1], followed by (s_abs, 0, s_abs), in expert and policy data. g(s_abs) and h(s_abs) are
+  learned; s_abs has a single action (zeroed, log pi = 0); values bootstrap through it: SAC's target
+  uses Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) / (1 - gamma). ``--no-absorbing``
+  masks terminal values and h(s') instead.
+- g is saved as runs/<run>/reward.pt. ``--reward-from PATH`` trains a fresh SAC policy on g from that
+  file with the true reward hidden and reports the true return it reaches (reward transfer);
+  ``--shaped-transfer`` trains on f, whose shaping h guides learning from scratch without changing the
+  optimal policies under the same dynamics (Ng et al. 1999). A reward meant for reuse is best learned
+  with --state-only --generator ppo: on HalfCheetah a fresh SAC climbs a g learned by PPO-AIRL (2 of
+  3 benchmark seeds), not one learned with SAC (arXiv:2403.14593).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 at
-300k on benchmark seed 1, ~2 h 15 min on one CPU core; records in benchmark_results/)
+Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 and
+0.97 at 300k on benchmark seeds 1-2, 65-95 minutes on one CPU core; records in benchmark_results/)
 """
 
 from __future__ import annotations
