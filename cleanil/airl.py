@@ -44,8 +44,8 @@ policy learns to fall).
   with --state-only --generator ppo: on HalfCheetah a fresh SAC climbs a g learned by PPO-AIRL (2 of
   3 benchmark seeds), not one learned with SAC (arXiv:2403.14593).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05 and
-0.97 at 300k on benchmark seeds 1-2, 65-95 minutes on one CPU core; records in benchmark_results/)
+Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05, 0.97
+and 0.99 at 300k on benchmark seeds 1-3, 65-95 minutes on one CPU core; records in benchmark_results/)
 """
 
 from __future__ import annotations

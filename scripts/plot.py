@@ -73,7 +73,8 @@ def auc(rec: dict) -> float | None:
 def first_reach(rec: dict, level: float) -> float | None:
     """The first step of the curve (env steps, or updates) at which the normalized return is >= level."""
     x, _ = x_of(rec)
-    hits = [xi for xi, c in zip(x, rec["curve"], strict=True) if (c["normalized_return"] or -np.inf) >= level]
+    ys = [c["normalized_return"] for c in rec["curve"]]
+    hits = [xi for xi, y in zip(x, ys, strict=True) if y is not None and y >= level]
     return hits[0] if hits else None
 
 
