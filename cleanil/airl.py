@@ -4,48 +4,43 @@ Fu, Luo & Levine (2018), "Learning Robust Rewards with Adversarial Inverse Reinf
 ICLR, https://arxiv.org/abs/1710.11248. Absorbing states and the off-policy generator follow
 Kostrikov et al. (2019), "Discriminator-Actor-Critic" (DAC), https://arxiv.org/abs/1809.02925.
 
-The discriminator is built from a learned reward g and a shaping potential h:
-
     f(s, a, s') = g(s, a) + gamma h(s') - h(s)          (g(s) with --state-only)
     D(s, a, s') = exp(f) / (exp(f) + pi(a|s)),   i.e. logit d = f(s, a, s') - log pi(a|s)
 
-trained with binary cross-entropy (expert = 1, policy = 0), log pi from the current policy, not
-differentiated. The policy maximizes log D - log(1 - D) = f - log pi, entropy-regularized RL with
+D is trained with binary cross-entropy (expert = 1, policy = 0), log pi from the current policy, not
+differentiated. The policy maximizes log D - log(1 - D) = f - log pi: entropy-regularized RL with
 reward f. At optimum g recovers the expert's reward up to a constant (state-only g; up to shaping
-otherwise), and g is the part that transfers. Two changes keep the logit bounded with SAC:
-- Tempered: d = f - alpha log pi with SAC's learned temperature, exactly SAC's per-step objective
+otherwise); g is the part that transfers. Two changes keep the logit bounded with SAC:
+- Tempered: d = f - alpha log pi with SAC's learned temperature, SAC's own per-step objective
   (--pi-weight sets it; PPO keeps 1). The expert's often saturated actions have log pi ~ -800 under
   the learner on HalfCheetah; with weight 1 expert logits reached 300-1700.
 - Floored (continuous actions; --no-log-pi-floor: none): log pi(a|s) is at least the uniform policy's,
-  -sum_i log(high_i - low_i); otherwise -log pi alone separates the expert early and f only pushes the
+  -sum_i log(high_i - low_i); else -log pi alone separates the expert early and f only pushes the
   policy down. Once pi beats the uniform policy on the expert's actions, D has the paper's form.
 
-Generators: ``--generator sac`` (continuous actions; DAC's off-policy setting): SAC maximizes
+Generators: ``--generator sac`` (continuous actions; DAC's off-policy setting) maximizes
 E[sum gamma^t (f - alpha log pi)], f recomputed by the current net for every replayed transition;
-``--expert-ratio rho`` fills a share rho of each minibatch with expert transitions (rewarded by f too)
-and ``--critic-layernorm`` puts LayerNorm in the critics (Ball et al. 2023, RLPD). ``--generator ppo``:
-on-policy, the paper's setting with PPO for TRPO, reward f - log pi with the rollout's log-probabilities;
-the only choice for discrete actions. ``--disc-replay N`` lets its discriminator sample the last N policy
-transitions, so past terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the
-policy learns to fall).
+``--expert-ratio rho`` fills a share rho of each minibatch with expert transitions (rewarded by f too),
+``--critic-layernorm`` puts LayerNorm in the critics (Ball et al. 2023, RLPD). ``--generator ppo``:
+the paper's on-policy setting with PPO for TRPO and reward f - log pi; the only choice for discrete
+actions. ``--disc-replay N`` lets its discriminator sample the last N policy transitions, so past
+terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the policy learns to fall).
 
 - Gradient penalty (Gulrajani et al. 2017, as in DAC): lambda E[(||grad_z f(z)||_2 - 1)^2] at
   z = eps z_E + (1 - eps) z_pi over the standardized inputs z = [s, a, s'], leaving out pairs that
   touch the absorbing state (it lies close to expert states in z: ending an episode would pay).
 - Absorbing states (DAC): s -> [s, 0]; a terminating (s, a, s') becomes (s, a, s_abs), s_abs =
   [0, ..., 0, 1], followed by (s_abs, 0, s_abs), in expert and policy data. g(s_abs) and h(s_abs) are
-  learned; s_abs has a single action (zeroed, log pi = 0); values bootstrap through it: SAC's target
-  uses Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) / (1 - gamma). ``--no-absorbing``
-  masks terminal values and h(s') instead.
-- g is saved as runs/<run>/reward.pt. ``--reward-from PATH`` trains a fresh SAC policy on g from that
-  file with the true reward hidden and reports the true return it reaches (reward transfer);
-  ``--shaped-transfer`` trains on f, whose shaping h guides learning from scratch without changing the
-  optimal policies under the same dynamics (Ng et al. 1999). A reward meant for reuse is best learned
-  with --state-only --generator ppo: on HalfCheetah a fresh SAC climbs a g learned by PPO-AIRL (2 of
-  3 benchmark seeds), not one learned with SAC (arXiv:2403.14593).
+  learned; s_abs has one action (zeroed, log pi = 0); values bootstrap through it: SAC's target uses
+  Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) / (1 - gamma). ``--no-absorbing`` masks.
+- Reward transfer: g is saved as runs/<run>/reward.pt; ``--reward-from PATH`` trains a fresh SAC on
+  it, true reward hidden, and reports the true return (``--shaped-transfer``: on f, whose shaping
+  keeps the optimal policies in the same dynamics, Ng et al. 1999). Learn a reward meant for reuse
+  with --state-only --generator ppo: a fresh SAC climbs g from PPO-AIRL on HalfCheetah (2 of 3
+  benchmark seeds), not g from SAC-AIRL (arXiv:2403.14593).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized 1.05, 0.97
-and 0.99 at 300k on benchmark seeds 1-3, 65-95 minutes on one CPU core; records in benchmark_results/)
+Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized
+1.05, 0.97 and 0.99 on benchmark seeds 1-3, 65-95 min on one CPU core; records in benchmark_results/)
 """
 
 from __future__ import annotations
