@@ -32,7 +32,8 @@ terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the 
 - Absorbing states (DAC): s -> [s, 0]; a terminating (s, a, s') becomes (s, a, s_abs), s_abs =
   [0, ..., 0, 1], followed by (s_abs, 0, s_abs), in expert and policy data. g(s_abs) and h(s_abs) are
   learned; s_abs has one action (zeroed, log pi = 0); values bootstrap through it: SAC's target uses
-  Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) / (1 - gamma). ``--no-absorbing`` masks.
+  Q(s_abs, 0) with no entropy term, PPO V(s_abs) = r(s_abs) / (1 - gamma). ``--no-absorbing`` masks
+  terminal values and h(s') instead.
 - Reward transfer: g is saved as runs/<run>/reward.pt; ``--reward-from PATH`` trains a fresh SAC on
   it, true reward hidden, and reports the true return (``--shaped-transfer``: on f, whose shaping
   keeps the optimal policies in the same dynamics, Ng et al. 1999). Learn a reward meant for reuse
