@@ -1,19 +1,22 @@
 """Measure how fast the training loops run, against the simulator and the machine's matmul peak.
 
-For each algorithm's off-policy loop (one update per env step) on an env, in one invocation:
-- env steps/s of the loop in steady state, with the update compiled (``--compile True``, the default for
-  long runs) and eager (``--compile False``), the two interleaved ``--repeats`` times so that both see
-  the same machine; plus the plain eager SAC loop of scripts/train_expert.py (torch.optim, backward())
-  as the common reference;
+For each env (HalfCheetah and CartPole by default) and each algorithm's loop on it, in one invocation:
+- env steps/s and updates/s of the loop in steady state, with the update compiled (``--compile True``,
+  the default for long runs) and eager (``--compile False``), the two interleaved ``--repeats`` times so
+  that both see the same machine; plus the plain eager loop of scripts/train_expert.py (SAC on
+  HalfCheetah, PPO on CartPole; torch.optim, backward()) as the common reference. Off-policy loops make
+  one update per env step; PPO loops update once per rollout (updates/s not counted); an offline loop
+  (IQ-Learn on CartPole) steps no env;
 - the raw simulator step rate (random actions, one env);
-- the matmul throughput of this machine at the update's shapes (batch x 256 x 256, fp32), and the
-  FLOPs of one update (counted by torch's FlopCounterMode), hence the share of peak the loop achieves.
+- on continuous-control envs, the matmul throughput of this machine at the update's shapes
+  (batch x 256 x 256, fp32) and the FLOPs of one update (counted by torch's FlopCounterMode), hence the
+  share of peak the loop achieves.
 The steady-state rate is taken between two logged steps after the warm-up (learning starts and the
 one-off compile), so neither the random-action phase nor compilation is counted.
 
 Writes a markdown report (``--out``, benchmark_results/speed.md by default) with the machine described.
 
-Run: python scripts/speed.py --algos gail airl iqlearn drlhp --env HalfCheetah
+Run: python scripts/speed.py --algos gail airl iqlearn drlhp --envs HalfCheetah CartPole
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ PLAIN = "plain SAC"  # scripts/train_expert.py's eager loop
 class Args:
     algos: tuple[Literal["gail", "airl", "iqlearn", "drlhp"], ...] = ("gail", "airl", "iqlearn", "drlhp")
     """off-policy algorithms to time (file names under cleanil/)"""
-    env: str = "HalfCheetah"
-    """environment (alias or gymnasium id)"""
+    envs: tuple[str, ...] = ("HalfCheetah", "CartPole")
+    """environments (aliases or gymnasium ids), one section of the report each"""
     device: str = "cpu"
     """torch device of the loops: cpu or cuda"""
     learning_starts: int = 1_000
@@ -65,9 +68,9 @@ class Args:
     """markdown report to write ('' prints only)"""
 
 
-def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) -> float:
-    """Steady-state env steps/s of one run: steps between the first logged step after the warm-up and the
-    last one, over the time between them."""
+def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) -> tuple[float, float | None]:
+    """Steady-state (env steps/s, updates/s) of one run, between the first logged step after the warm-up and
+    the last one. updates/s is None for a PPO loop (its rows carry no SAC temperature): it updates per rollout."""
     total = args.learning_starts + args.warmup + args.measure
     run_dir = tempfile.mkdtemp(dir=root)  # its own folder: run names only differ by the second they start
     cmd = [sys.executable, script, "--env", env, "--total-steps", str(total), "--learning-starts",
@@ -82,12 +85,18 @@ def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) ->
     if res.returncode != 0 or "torch.compile failed" in res.stderr:
         lines = [x for x in res.stderr.strip().splitlines() if "error" in x.lower() or "failed" in x] or ["?"]
         print(f"{shlex.join(cmd)} failed: {lines[-1]}", file=sys.stderr)
-        return float("nan")
+        return float("nan"), float("nan")
     (run,) = [p for p in Path(run_dir).iterdir() if (p / "metrics.jsonl").exists()]
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "alpha" in r and "eval/return" not in r]  # rows logged by updates
-    start = next(r for r in rows if r["global_step"] >= args.learning_starts + args.warmup)
-    return (rows[-1]["global_step"] - start["global_step"]) / (rows[-1]["time"] - start["time"])
+    rows = [r for r in rows if "eval/return" not in r]  # rows logged by the training loop
+    after = [r for r in rows if r["global_step"] >= args.learning_starts + args.warmup]
+    if len(after) < 2:
+        print(f"{shlex.join(cmd)} logged under two steps after the warm-up: raise --measure", file=sys.stderr)
+        return float("nan"), float("nan")
+    start = after[0]
+    seconds = rows[-1]["time"] - start["time"]
+    updates = (rows[-1]["global_step"] - start["global_step"]) / seconds if "alpha" in start else None
+    return (rows[-1]["env_steps"] - start["env_steps"]) / seconds, updates
 
 
 def simulator_rate(env_id: str, steps: int = 20_000) -> float:
@@ -137,55 +146,78 @@ def flops_per_update(algo: str, env: str) -> float:
     return (counts[1] - counts[0]) / 10
 
 
-def main(args: Args) -> None:
-    env_id = utils.resolve_env_id(args.env)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sim, peak = simulator_rate(env_id), matmul_peak(device)
+def median(values: list) -> float | None:
+    return None if values[0] is None else float(np.median(values))
+
+
+def section(env: str, args: Args, peak: float) -> list[str]:
+    """Time every loop on one env; its part of the report."""
+    env_id = utils.resolve_env_id(env)
+    sim = simulator_rate(env_id)
     modes = {"eager": ["--compile", "False"], "compiled": ["--compile", "True"]}
     if args.cudagraphs:
         modes["compiled + CUDA graphs"] = ["--compile", "True", "--cudagraphs"]
-    rates: dict[tuple[str, str], list[float]] = {}
+    rates: dict[tuple[str, str], list[tuple[float, float | None]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            rate = loop_rate("scripts/train_expert.py", env_id, [], args, tmp)
-            rates.setdefault((PLAIN, "eager"), []).append(rate)
-            print(f"repeat {r + 1}/{args.repeats}: {PLAIN} eager {rate:.1f} env steps/s", flush=True)
-            for algo in args.algos:
-                for mode, flags in modes.items():
-                    rate = loop_rate(f"cleanil/{algo}.py", env_id, flags, args, tmp)
-                    rates.setdefault((algo, mode), []).append(rate)
-                    print(f"repeat {r + 1}/{args.repeats}: {algo} {mode} {rate:.1f} env steps/s", flush=True)
-    flops = {algo: flops_per_update(algo, env_id) for algo in args.algos}
-    plain = float(np.median(rates[(PLAIN, "eager")]))
-    m = utils.machine()
+            runs = [(PLAIN, "eager", "scripts/train_expert.py", [])]
+            runs += [(algo, mode, f"cleanil/{algo}.py", flags) for algo in args.algos for mode, flags in modes.items()]
+            for name, mode, script, flags in runs:
+                rates.setdefault((name, mode), []).append(rate := loop_rate(script, env_id, flags, args, tmp))
+                print(f"{env_id} repeat {r + 1}/{args.repeats}: {name} {mode} {rate[0]:.1f} env steps/s", flush=True)
+    continuous = not utils.env_spec(env_id).discrete  # FLOPs against the 256-wide matmul peak: MuJoCo nets
+    flops = {algo: flops_per_update(algo, env_id) for algo in args.algos} if continuous else {}
+    plain = median([e for e, _ in rates[(PLAIN, "eager")]])
+    kind = "PPO" if rates[(PLAIN, "eager")][0][1] is None else "SAC"
     lines = [
-        f"# Training speed: {env_id}, device {args.device}",
-        "",
-        f"Generated by `python scripts/speed.py {shlex.join(sys.argv[1:])}` at git {utils.git_revision()}.",
-        f"Machine: {m}; torch {torch.__version__}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
-        + ".",
+        f"## {env_id}",
         "",
         f"- Simulator alone (random actions, one env): **{sim:,.0f} env steps/s**.",
-        f"- Matmul peak at the update's shape (256 x 256 x 256, fp32): **{peak / 1e9:,.1f} GFLOP/s**.",
-        f"- Plain eager SAC loop (scripts/train_expert.py): **{plain:.1f} env steps/s** (median of {args.repeats}).",
+        f"- Plain eager {kind} loop (scripts/train_expert.py): **{plain:.1f} env steps/s** (median of {args.repeats}).",
         "",
-        "Every loop makes one update per env step (batch 256, 256x256 networks), so updates/s = env steps/s. "
-        "Rates are medians over the repeats, measured after the warm-up; the ratios come from this one run.",
-        "",
-        "| algorithm | mode | env steps/s | vs eager | vs plain SAC | loop / simulator | MFLOP per update "
-        "| achieved / peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| algorithm | mode | env steps/s | updates/s | vs eager | vs plain {kind} | loop / simulator |"
+        + (" MFLOP per update | achieved / peak |" if continuous else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if continuous else ""),
     ]
     for algo in args.algos:
-        eager = float(np.median(rates[(algo, "eager")]))
+        base = None
         for mode in modes:
-            rate = float(np.median(rates[(algo, mode)]))
-            lines.append(f"| {algo} | {mode} | {rate:.1f} | {rate / eager:.2f}x | {rate / plain:.2f}x | "
-                         f"{rate / sim:.4f} | {flops[algo] / 1e6:.0f} | {rate * flops[algo] / peak:.0%} |")  # fmt: skip
-    report = "\n".join(lines) + "\n"
+            env_rate = median([e for e, _ in rates[(algo, mode)]])
+            updates = median([u for _, u in rates[(algo, mode)]])
+            rate = env_rate or updates  # an offline loop steps no env: its updates/s
+            base = base or rate  # the eager mode's
+            cells = [algo, mode, f"{env_rate:.1f}" if env_rate else "— (offline)",
+                     f"{updates:.1f}" if updates is not None else "— (per rollout)", f"{rate / base:.2f}x",
+                     f"{env_rate / plain:.2f}x" if env_rate else "—",
+                     f"{env_rate / sim:.4f}" if env_rate else "—"]  # fmt: skip
+            if continuous:
+                cells += [f"{flops[algo] / 1e6:.0f}", f"{updates * flops[algo] / peak:.0%}" if updates else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def main(args: Args) -> None:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = matmul_peak(device)
+    lines = [
+        f"# Training speed, device {args.device}",
+        "",
+        f"Generated by `python scripts/speed.py {shlex.join(sys.argv[1:])}` at git {utils.git_revision()}.",
+        f"Machine: {utils.machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
+        + ".",
+        f"Matmul peak at the off-policy update's shape (256 x 256 x 256, fp32): **{peak / 1e9:,.1f} GFLOP/s**.",
+        "",
+        "Off-policy loops make one update per env step (batch 256, 256x256 networks on MuJoCo), so updates/s = "
+        "env steps/s; PPO loops update once per rollout; an offline loop steps no env and is compared by "
+        "updates/s. Rates are medians over the repeats, measured after the warm-up; the ratios come from this one run.",
+        "",
+    ]
+    for env in args.envs:
+        lines += section(env, args, peak)
+    report = "\n".join(lines)
     print(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -209,19 +209,27 @@ def test_benchmark_suite_grid(tmp_path):
 
 
 def test_speed_report(tmp_path):
-    """scripts/speed.py times the eager and compiled loops against plain SAC and writes its table."""
+    """scripts/speed.py times the eager and compiled loops against the plain loop of train_expert.py (SAC on
+    Pendulum, PPO on CartPole, where IQ-Learn learns offline) and writes a section per env."""
     out = tmp_path / "speed.md"
-    res = run_cli("scripts/speed.py", "--algos", "iqlearn", "--env", "Pendulum", "--learning-starts", "300",
-                  "--warmup", "40", "--measure", "80", "--repeats", "1", "--threads", "1",
+    res = run_cli("scripts/speed.py", "--algos", "iqlearn", "--envs", "Pendulum", "CartPole", "--learning-starts",
+                  "300", "--warmup", "40", "--measure", "600", "--repeats", "1", "--threads", "1",
                   "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = out.read_text()
-    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| iqlearn")]
+    pendulum, cartpole = report.split("## Pendulum-v1")[1].split("## CartPole-v1")
+    for text, plain in ((pendulum, "Plain eager SAC loop"), (cartpole, "Plain eager PPO loop")):
+        assert plain in text and "Simulator alone" in text
+        assert float(text.split(plain)[1].split("**")[1].split()[0]) > 0  # its measured env steps/s
+    rows = [line.split("|")[1:-1] for line in pendulum.splitlines() if line.startswith("| iqlearn")]
     assert [r[1].strip() for r in rows] == ["eager", "compiled"]
     for r in rows:
-        rate, flops = float(r[2]), float(r[6])
-        assert rate > 0 and flops > 0  # measured env steps/s and counted FLOPs of one update
-    assert "Simulator alone" in report and "Plain eager SAC loop" in report
+        env_rate, updates, flops = float(r[2]), float(r[3]), float(r[7])
+        assert env_rate > 0 and updates == env_rate and flops > 0  # one update per env step; counted FLOPs
+    rows = [line.split("|")[1:-1] for line in cartpole.splitlines() if line.startswith("| iqlearn")]
+    assert [r[1].strip() for r in rows] == ["eager", "compiled"]
+    for r in rows:
+        assert r[2].strip() == "— (offline)" and float(r[3]) > 0 and len(r) == 7  # updates/s; no FLOP columns
 
 
 def test_speed_rejects_an_algorithm_it_cannot_time(tmp_path):
