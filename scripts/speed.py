@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cleanil import utils
 
 REPO = Path(__file__).resolve().parent.parent
-PLAIN = "plain SAC"  # scripts/train_expert.py's eager loop
+PLAIN = "plain"  # scripts/train_expert.py's eager loop
 
 
 @dataclass
@@ -58,6 +58,9 @@ class Args:
     """env steps timed from learning start before the measurement (covers the one-off compile)"""
     measure: int = 2_000
     """env steps measured per run"""
+    discrete_scale: int = 10
+    """warm-up and measurement are this many times longer on discrete envs, whose PPO loops run tens of times
+    more env steps/s"""
     repeats: int = 2
     """eager/compiled pairs per algorithm, interleaved"""
     cudagraphs: bool = False
@@ -71,10 +74,12 @@ class Args:
 def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) -> tuple[float, float | None]:
     """Steady-state (env steps/s, updates/s) of one run, between the first logged step after the warm-up and
     the last one. updates/s is None for a PPO loop (its rows carry no SAC temperature): it updates per rollout."""
-    total = args.learning_starts + args.warmup + args.measure
+    scale = args.discrete_scale if utils.env_spec(env).discrete else 1
+    learning_starts, warmup, measure = args.learning_starts, scale * args.warmup, scale * args.measure
+    total = learning_starts + warmup + measure
     run_dir = tempfile.mkdtemp(dir=root)  # its own folder: run names only differ by the second they start
     cmd = [sys.executable, script, "--env", env, "--total-steps", str(total), "--learning-starts",
-           str(args.learning_starts), "--log-every", str(max(args.measure // 8, 1)), "--eval-every", str(total),
+           str(learning_starts), "--log-every", str(max(measure // 8, 1)), "--eval-every", str(total),
            "--device", args.device, "--run-dir", run_dir, *flags]  # fmt: skip
     cmd += ["--eval-episodes", "1"] + (["--out-dir", run_dir, "--final-eval-episodes", "1",
                                         "--checkpoint-every", "0"] if "train_expert" in script else [])  # fmt: skip
@@ -89,7 +94,7 @@ def loop_rate(script: str, env: str, flags: list[str], args: Args, root: str) ->
     (run,) = [p for p in Path(run_dir).iterdir() if (p / "metrics.jsonl").exists()]
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "eval/return" not in r]  # rows logged by the training loop
-    after = [r for r in rows if r["global_step"] >= args.learning_starts + args.warmup]
+    after = [r for r in rows if r["global_step"] >= learning_starts + warmup]
     if len(after) < 2:
         print(f"{shlex.join(cmd)} logged under two steps after the warm-up: raise --measure", file=sys.stderr)
         return float("nan"), float("nan")

@@ -213,8 +213,8 @@ def test_speed_report(tmp_path):
     Pendulum, PPO on CartPole, where IQ-Learn learns offline) and writes a section per env."""
     out = tmp_path / "speed.md"
     res = run_cli("scripts/speed.py", "--algos", "iqlearn", "--envs", "Pendulum", "CartPole", "--learning-starts",
-                  "300", "--warmup", "40", "--measure", "600", "--repeats", "1", "--threads", "1",
-                  "--out", str(out))  # fmt: skip
+                  "300", "--warmup", "40", "--measure", "600", "--discrete-scale", "1", "--repeats", "1",
+                  "--threads", "1", "--out", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = out.read_text()
     pendulum, cartpole = report.split("## Pendulum-v1")[1].split("## CartPole-v1")
