@@ -553,7 +553,9 @@ def main(args: Args) -> dict:
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
 
-    update_disc = utils.maybe_compile(update_disc, args.compile, args.total_steps, args.cudagraphs)
+    rollouts = args.total_steps // (args.num_envs * args.num_steps)  # PPO: (disc_updates or 10) calls each
+    calls = args.total_steps if generator == "sac" else rollouts * (args.disc_updates or 10)
+    update_disc = utils.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
 
     run = utils.Run(args, f"airl_{generator}", env_id, args.total_steps)
     state = {"reward": reward_net, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
