@@ -152,7 +152,7 @@ def flops_per_update(algo: str, env: str) -> float:
 
 
 def median(values: list) -> float | None:
-    return None if values[0] is None else float(np.median(values))
+    return None if None in values else float(np.median(values))
 
 
 def section(env: str, args: Args, peak: float) -> list[str]:
@@ -169,7 +169,8 @@ def section(env: str, args: Args, peak: float) -> list[str]:
             runs += [(algo, mode, f"cleanil/{algo}.py", flags) for algo in args.algos for mode, flags in modes.items()]
             for name, mode, script, flags in runs:
                 rates.setdefault((name, mode), []).append(rate := loop_rate(script, env_id, flags, args, tmp))
-                print(f"{env_id} repeat {r + 1}/{args.repeats}: {name} {mode} {rate[0]:.1f} env steps/s", flush=True)
+                updates = "" if rate[1] is None else f", {rate[1]:.1f} updates/s"
+                print(f"{env_id} {r + 1}/{args.repeats}: {name} {mode} {rate[0]:.1f} env steps/s{updates}", flush=True)
     continuous = not utils.env_spec(env_id).discrete  # FLOPs against the 256-wide matmul peak: MuJoCo nets
     flops = {algo: flops_per_update(algo, env_id) for algo in args.algos} if continuous else {}
     plain = median([e for e, _ in rates[(PLAIN, "eager")]])
