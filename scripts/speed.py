@@ -173,8 +173,8 @@ def section(env: str, args: Args, peak: float) -> list[str]:
                 print(f"{env_id} {r + 1}/{args.repeats}: {name} {mode} {rate[0]:.1f} env steps/s{updates}", flush=True)
     continuous = not utils.env_spec(env_id).discrete  # FLOPs against the 256-wide matmul peak: MuJoCo nets
     flops = {algo: flops_per_update(algo, env_id) for algo in args.algos} if continuous else {}
-    plain = median([e for e, _ in rates[(PLAIN, "eager")]])
-    kind = "PPO" if rates[(PLAIN, "eager")][0][1] is None else "SAC"
+    med = {key: (median([e for e, _ in runs]), median([u for _, u in runs])) for key, runs in rates.items()}
+    plain, kind = med[(PLAIN, "eager")][0], "PPO" if med[(PLAIN, "eager")][1] is None else "SAC"
     lines = [
         f"## {env_id}",
         "",
@@ -186,12 +186,10 @@ def section(env: str, args: Args, peak: float) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if continuous else ""),
     ]
     for algo in args.algos:
-        base = None
+        base = med[(algo, "eager")][0] or med[(algo, "eager")][1]  # an offline loop steps no env: its updates/s
         for mode in modes:
-            env_rate = median([e for e, _ in rates[(algo, mode)]])
-            updates = median([u for _, u in rates[(algo, mode)]])
-            rate = env_rate or updates  # an offline loop steps no env: its updates/s
-            base = base or rate  # the eager mode's
+            env_rate, updates = med[(algo, mode)]
+            rate = env_rate or updates
             cells = [algo, mode, f"{env_rate:.1f}" if env_rate else "— (offline)",
                      f"{updates:.1f}" if updates is not None else "— (per rollout)", f"{rate / base:.2f}x",
                      f"{env_rate / plain:.2f}x" if env_rate else "—",
