@@ -40,15 +40,16 @@ terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the 
   with --state-only --generator ppo: a fresh SAC climbs g from PPO-AIRL on HalfCheetah (2 of 3
   benchmark seeds), not g from SAC-AIRL (arXiv:2403.14593).
 
-Run: python cleanil/airl.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized
-1.05, 0.97 and 0.99 on benchmark seeds 1-3, 65-95 min on one CPU core; records in benchmark_results/)
+Run: python cleanil/airl.py --env HalfCheetah  (settings from configs/airl/HalfCheetah-v5.yaml: 10 demos, SAC
+generator, 300k env steps; normalized 1.05, 0.97 and 0.99 on benchmark seeds 1-3, 65-95 min on one CPU core;
+records in benchmark_results/)
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -56,12 +57,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below; configs/airl/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "Pendulum"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -100,7 +103,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- AIRL
+    # ---- the algorithm: AIRL
     generator: Literal["sac", "ppo"] | None = None
     """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
     state_only: bool = False
@@ -167,7 +170,7 @@ class Args:
     """decay the PPO learning rate linearly to 0 over the run"""
 
 
-# ----------------------------------------------------------------------------- reward network
+# ------------------------------------------------------------------ reward network (the algorithm)
 class RewardNet(nn.Module):
     """f(s, a, s') = g(s[, a]) + gamma mask h(s') - h(s) over flag-augmented states, inputs standardized
     with the expert data's statistics; the action is zeroed in the absorbing state (a single action)."""
@@ -175,9 +178,9 @@ class RewardNet(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], state_only: bool, gamma: float):
         super().__init__()
         self.obs_dim, self.state_only, self.gamma = obs_dim, state_only, gamma
-        self.obs_norm, self.act_norm = utils.Normalizer(obs_dim), utils.Normalizer(act_dim)
-        self.g = utils.mlp(obs_dim + (0 if state_only else act_dim), 1, hidden, nn.Tanh)
-        self.h = utils.mlp(obs_dim, 1, hidden, nn.Tanh)
+        self.obs_norm, self.act_norm = nets.Normalizer(obs_dim), nets.Normalizer(act_dim)
+        self.g = nets.mlp(obs_dim + (0 if state_only else act_dim), 1, hidden, nn.Tanh)
+        self.h = nets.mlp(obs_dim, 1, hidden, nn.Tanh)
 
     def z(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Standardized inputs [s, a, s']."""
@@ -231,7 +234,7 @@ def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, termi
     return {"obs": o, "act": a, "next_obs": o2, "mask": mask}
 
 
-# ----------------------------------------------------------------------------- losses
+# -------------------------------------------------------------------------- losses (the algorithm)
 def airl_logit(f: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
     """log D - log(1 - D) for D = exp(f) / (exp(f) + pi(a|s)):  d = f - log pi(a|s)."""
     return f - log_pi
@@ -251,8 +254,13 @@ def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor,
 def tanh_mlp_input_grad(net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """y(z) and grad_z y(z) of a tanh MLP, by hand: h_k = tanh(W_k h_{k-1} + b_k), h_0 = z, y = w^T h_K + c,
         grad_z y = W_1^T diag(1 - h_1^2) ... W_K^T diag(1 - h_K^2) w.
-    First-order in the weights (no double backward), so the penalty compiles with the rest of the update."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    First-order in the weights (no double backward), so the penalty compiles with the rest of the update.
+    ``net`` is one nn.Linear or an nn.Sequential of Linear, Tanh, ..., Linear; any other network is refused."""
+    layers = [net] if isinstance(net, nn.Linear) else list(net) if isinstance(net, nn.Sequential) else [None]
+    kinds = [nn.Linear if i % 2 == 0 else nn.Tanh for i in range(len(layers))]
+    if len(layers) % 2 == 0 or not all(type(m) is k for m, k in zip(layers, kinds, strict=True)):
+        raise ValueError(f"the hand-written input gradient holds for tanh MLPs only, not for {net}")
+    linears = layers[::2]
     hs, h = [], z
     for layer in linears[:-1]:
         h = torch.tanh(layer(h))
@@ -300,25 +308,31 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
         return reward + gamma * mask * q_next
 
 
-# ----------------------------------------------------------------------------- generators
+# ---------------------------------------------------------------------- generators (the algorithm)
+def sample_rows(data: dict, n: int) -> dict:
+    """n rows drawn uniformly with replacement, the same rows of every array: whole transitions."""
+    idx = torch.randint(len(data["obs"]), (n,), device=data["obs"].device)
+    return {k: v[idx] for k, v in data.items()}
+
+
 def with_expert_rows(batch: dict, expert: dict, n: int) -> dict:
     """The SAC minibatch with its first n replay rows replaced by n expert transitions drawn uniformly."""
-    idx = torch.randint(len(expert["obs"]), (n,), device=expert["obs"].device)
-    return {k: torch.cat([batch[k][n:], expert[k][idx]]) for k in BATCH_KEYS}
+    e = sample_rows(expert, n)
+    return {k: torch.cat([batch[k][n:], e[k]]) for k in BATCH_KEYS}
 
 
-def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.Module, reward_fn: Callable,
-              update_disc: Callable | None, run: utils.Run, state: dict,
+def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Module, reward_fn: Callable,
+              update_disc: Callable | None, run: runs.Run, state: dict,
               expert: dict | None = None) -> dict:  # fmt: skip
     """Off-policy generator: one env step, one discriminator update (none with --reward-from), one SAC
     update on rewards recomputed by ``reward_fn(batch)``; with ``expert`` transitions, --expert-ratio."""
-    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
+    critics = nets.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
     critics = critics.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
-    alpha_opt = utils.Adam([log_alpha], args.lr)
-    fixed_weight = torch.tensor(float(args.pi_weight or 1.0), device=device)  # w of f - w log pi, if given
+    actor_opt, critic_opt = nets.Adam(actor.parameters(), args.lr), nets.Adam(critics.parameters(), args.lr)
+    alpha_opt = nets.Adam([log_alpha], args.lr)
+    fixed_weight = torch.tensor(1.0 if args.pi_weight is None else args.pi_weight, device=device)  # w, if given
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
@@ -326,30 +340,31 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             reward = reward_fn(b)
         y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
         critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
-        critic_opt.step(critic_loss)
+        critic_opt.descend(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
         q = critics(b["obs"], a).min(0).values
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
-        actor_opt.step(actor_loss)
+        actor_opt.descend(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
-        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
+        alpha_opt.descend(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
                 "reward_mean": reward.mean(), "replay/absorbing_share": b["obs"][:, -1].mean()}  # fmt: skip
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
-    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    update = nets.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
+    rb = nets.make_replay_buffer(args.buffer_size, None, device)  # SAC and discriminator draw their own sizes
     run.restore(state | {
         "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
         "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
-    env = utils.make_vec_env(spec.env_id, 1)
+    env = envs.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed + run.start)
     obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
-    bar = utils.progress(args.total_steps, "airl-sac" if update_disc else "sac-on-reward", run.start)
-    metrics, n_expert = {}, round(args.expert_ratio * args.batch_size) if expert is not None else 0
+    bar = runs.progress(args.total_steps, "airl-sac" if update_disc else "sac-on-reward", run.start)
+    metrics, disc_metrics = {}, {}
+    n_expert = round(args.expert_ratio * args.batch_size) if expert is not None else 0
     for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
@@ -357,14 +372,15 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
             with torch.no_grad():
                 action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, _, term, _, info = env.step(action)  # the true reward is not kept
-        rb.extend(utils.to_tensordict(with_absorbing(obs, action, utils.true_next_obs(next_obs, info), term,
+        rb.extend(nets.to_tensordict(with_absorbing(obs, action, envs.true_next_obs(next_obs, info), term,
                                                      args.absorbing), device))  # fmt: skip
         obs = next_obs
         bar.update(1)
         if step > args.learning_starts:
-            b, disc_metrics = rb.sample(), {}
-            for i in range((args.disc_updates or 1) if update_disc else 0):
-                d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
+            b = rb.sample(args.batch_size)
+            for i in range(args.disc_updates if update_disc else 0):
+                fresh = i > 0 or args.disc_batch_size > args.batch_size  # else the SAC minibatch's first rows
+                d = rb.sample(args.disc_batch_size) if fresh else b[: args.disc_batch_size]
                 w = log_alpha.exp().detach()[0] if args.pi_weight is None else fixed_weight
                 disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS} | {"pi_weight": w})
             b = {k: b[k] for k in BATCH_KEYS}
@@ -372,28 +388,28 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
-            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            evaluation = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, evaluation, env_steps=step)
         run.tick(step)
     bar.close()
     return evaluation
 
 
-def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.Module, reward_net: RewardNet,
-              update_disc: Callable, run: utils.Run, state: dict) -> dict:  # fmt: skip
+def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Module, reward_net: RewardNet,
+              update_disc: Callable, run: runs.Run, state: dict) -> dict:  # fmt: skip
     """On-policy generator: roll out, update the discriminator on the rollout, relabel it with
     f - log pi, PPO epochs."""
-    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+    critic = nets.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
-    disc_rb = utils.make_replay_buffer(args.disc_replay, args.disc_batch_size, device) if args.disc_replay else None
+    disc_rb = nets.make_replay_buffer(args.disc_replay, args.disc_batch_size, device) if args.disc_replay else None
     run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer}
                 | ({"disc_replay": disc_rb} if disc_rb is not None else {}))  # fmt: skip
-    envs = utils.make_vec_env(spec.env_id, args.num_envs)
-    obs = envs.reset(seed=args.seed + run.start)[0]
+    vec_env = envs.make_vec_env(spec.env_id, args.num_envs)
+    obs = vec_env.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
     s_abs = F.one_hot(torch.tensor([spec.obs_dim], device=device), spec.obs_dim + 1).float()  # [0, ..., 0, 1]
-    weight = torch.tensor(float(args.pi_weight or 1.0), device=device)  # w of the discriminator's f - w log pi
+    weight = torch.tensor(1.0 if args.pi_weight is None else args.pi_weight, device=device)  # w of f - w log pi
 
     def log_prob(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """log pi(a|s); continuous actions are stored as pre-tanh samples u."""
@@ -415,7 +431,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
     step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
-    bar = utils.progress(args.total_steps, "airl-ppo", step)
+    bar = runs.progress(args.total_steps, "airl-ppo", step)
     while step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
@@ -431,8 +447,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
                     a = mean + log_std.exp() * torch.randn_like(mean)
                     env_action = (actor.bias + actor.scale * torch.tanh(a)).cpu().numpy()
                 logp = log_prob(o, a)
-            next_obs, _, term, trunc, info = envs.step(env_action)  # the true reward is not kept
-            for k, v in zip(rows, (obs, a.cpu().numpy(), logp.cpu().numpy(), utils.true_next_obs(next_obs, info),
+            next_obs, _, term, trunc, info = vec_env.step(env_action)  # the true reward is not kept
+            for k, v in zip(rows, (obs, a.cpu().numpy(), logp.cpu().numpy(), envs.true_next_obs(next_obs, info),
                                    term, trunc & ~term), strict=True):  # fmt: skip
                 rows[k].append(v)
             obs = next_obs
@@ -443,10 +459,10 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         if not spec.discrete:  # the reward net sees the env's action a = bias + scale tanh(u)
             act_vec = spec.action_low + (spec.action_high - spec.action_low) * (act_vec + 1) / 2
         # discriminator on this rollout's transitions (with absorbing rows), then relabel the rollout
-        d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
+        d = nets.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
         if disc_rb is not None:  # a replay keeps past terminations in view when the current policy no longer ends
             disc_rb.extend(d)
-        for _ in range(args.disc_updates or 10):
+        for _ in range(args.disc_updates):
             b = disc_rb.sample() if disc_rb else d[torch.randint(len(d), (args.disc_batch_size,), device=device)]
             disc_metrics = update_disc({k: b[k] for k in BATCH_KEYS} | {"pi_weight": weight})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
@@ -475,52 +491,55 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, actor: nn.M
         run.log(step, metrics, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
-            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            evaluation = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, evaluation, env_steps=step)
         run.tick(step)
     bar.close()
     return evaluation
 
 
-# ----------------------------------------------------------------------------- main
-def load_reward(path: str, spec: utils.EnvSpec, device: torch.device) -> RewardNet:
+# ------------------------------------------------------------ main (the loop and its run plumbing)
+def load_reward(path: str, spec: envs.EnvSpec, device: torch.device) -> RewardNet:
     """A reward.pt saved by airl.py, checked against the env."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = RewardNet(spec.obs_dim + 1, spec.act_dim, tuple(blob["hidden"]), blob["state_only"], blob["gamma"])
         net.load_state_dict(blob["state_dict"])
     except FileNotFoundError:
-        raise utils.CleanILError(f"--reward-from {path}: no such file") from None
+        raise envs.CleanILError(f"--reward-from {path}: no such file") from None
     except (RuntimeError, KeyError, TypeError, EOFError, OSError) as e:
-        raise utils.CleanILError(f"--reward-from {path}: not an AIRL reward for {spec.env_id} ({e})") from None
+        raise envs.CleanILError(f"--reward-from {path}: not an AIRL reward for {spec.env_id} ({e})") from None
     return net.to(device).requires_grad_(False)
 
 
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
     generator = args.generator or ("ppo" if spec.discrete else "sac")
     if generator == "sac" and spec.discrete:
-        raise utils.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
+        raise envs.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
     if not 0 <= args.expert_ratio < 1:
-        raise utils.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
+        raise envs.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
     if args.reward_from and generator != "sac":
-        raise utils.CleanILError("--reward-from trains SAC: it needs continuous actions and --generator sac")
-    utils.set_seed(args.seed)
-    actor = utils.make_actor(spec, args.hidden).to(device)
+        raise envs.CleanILError("--reward-from trains SAC: it needs continuous actions and --generator sac")
+    runs.check_budget(args, off_policy=generator == "sac")
+    disc_updates = (1 if generator == "sac" else 10) if args.disc_updates is None else args.disc_updates
+    args = replace(args, disc_updates=disc_updates)  # the effective setting, recorded in config.json
+    runs.set_seed(args.seed)
+    actor = envs.make_actor(spec, args.hidden).to(device)
 
     if args.reward_from:  # reward transfer: a fresh SAC on the saved g, true reward hidden
         net = load_reward(args.reward_from, spec, device)
-        run = utils.Run(args, "airl_reward_transfer", env_id, args.total_steps)
+        run = runs.Run(args, "airl_reward_transfer", env_id, args.total_steps)
         reward_fn = net.f if args.shaped_transfer else lambda b: net.reward(b["obs"], b["act"])
         final = train_sac(args, spec, device, actor, reward_fn, None, run, {})
         if args.save_model:
-            utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
+            envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
         run.close()
         return final
 
-    demos = utils.load_demos(env_id, args.num_demos, args.demos)
+    demos = envs.load_demos(env_id, args.num_demos, args.demos)
     act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
     expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
     expert = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
@@ -529,7 +548,7 @@ def main(args: Args) -> dict:
     for norm, x in ((reward_net.obs_norm, expert["obs"]), (reward_net.act_norm, expert["act"])):
         norm.mean[:], norm.std[:] = x.mean(0), x.std(0).clamp_min(1e-2)
     reward_net.obs_norm.mean[-1], reward_net.obs_norm.std[-1] = 0.0, 1.0  # the absorbing flag stays 0/1
-    disc_opt = utils.Adam(reward_net.parameters(), args.disc_lr)
+    disc_opt = nets.Adam(reward_net.parameters(), args.disc_lr)
     # log pi of the uniform policy on the action box: the expert's deterministic actions, often at the bounds,
     # get log pi of -100s under the stochastic learner; floored there, the logit leaves f to separate them
     uniform = -float(np.log(spec.action_high - spec.action_low).sum()) if not spec.discrete else None
@@ -547,30 +566,30 @@ def main(args: Args) -> dict:
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [(1 - x["obs"][:, -1]) * (1 - x["next_obs"][:, -1]) for x in (e, p)]  # away from s_abs
         gp = gradient_penalty(reward_net.f_and_grad, z_e, z_pi, keep[0] * keep[1]) if args.gp_weight > 0 else 0 * loss
-        disc_opt.step(loss + args.gp_weight * gp)
+        disc_opt.descend(loss + args.gp_weight * gp)
         accuracy = ((logit_e > 0).float().mean() + (logit_pi < 0).float().mean()) / 2
         return {"losses/discriminator": loss.detach(), "losses/gradient_penalty": gp.detach(),
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
 
-    rollouts = args.total_steps // (args.num_envs * args.num_steps)  # PPO: (disc_updates or 10) calls each
-    calls = args.total_steps if generator == "sac" else rollouts * (args.disc_updates or 10)
-    update_disc = utils.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
+    rollouts = args.total_steps // (args.num_envs * args.num_steps)  # PPO: disc_updates calls each
+    calls = args.total_steps if generator == "sac" else rollouts * args.disc_updates
+    update_disc = nets.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
 
-    run = utils.Run(args, f"airl_{generator}", env_id, args.total_steps)
+    run = runs.Run(args, f"airl_{generator}", env_id, args.total_steps)
     state = {"reward": reward_net, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     if generator == "sac":
         final = train_sac(args, spec, device, actor, reward_net.f, update_disc, run, state, expert)
     else:
         final = train_ppo(args, spec, device, actor, reward_net, update_disc, run, state)
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="airl")
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="airl")
         blob = {"state_dict": reward_net.state_dict(), "hidden": list(args.disc_hidden), "gamma": args.gamma,
                 "state_only": args.state_only, "env_id": env_id, "args": asdict(args)}  # fmt: skip
-        utils.atomic_torch_save(blob, run.dir / "reward.pt")
+        envs.atomic_torch_save(blob, run.dir / "reward.pt")
     run.close()
     return final
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "airl")
+    runs.run_cli(main, Args, "airl")

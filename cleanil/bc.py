@@ -16,7 +16,8 @@ Objective, over expert pairs (s, a) ~ D:
 - The deterministic policy (argmax, or tanh of the mean) is evaluated periodically on reset seeds
   disjoint from the demonstrations' and saved to runs/<run>/model.pt.
 
-Run: python cleanil/bc.py --env CartPole  (10 demos: normalized ~1.0 in about a minute on 2 CPU cores)
+Run: python cleanil/bc.py --env CartPole  (the defaults below, no config file for CartPole: 10 demos, 10k
+gradient steps; normalized ~1.0 in about a minute on 2 CPU cores; MuJoCo settings in configs/bc/)
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below; configs/bc/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -55,8 +58,10 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the update step with torch.compile (falls back to eager if it fails)"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (eager if that fails); None: if >= 20k updates, where it pays"""
+    cudagraphs: bool = False
+    """with a compiled update on a GPU, replay it as a CUDA graph (torch.compile mode reduce-overhead)"""
     save_model: bool = True
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
@@ -69,7 +74,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 5_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- behavioral cloning
+    # ---- the algorithm: behavioral cloning
     batch_size: int = 256
     """minibatch size of expert transitions"""
     lr: float = 1e-3
@@ -86,7 +91,7 @@ class Args:
     """log training and validation losses every this many gradient steps"""
 
 
-# ----------------------------------------------------------------------------- losses
+# -------------------------------------------------------------------------- losses (the algorithm)
 def bc_loss_discrete(logits: torch.Tensor, actions: torch.Tensor, ent_weight: float) -> dict[str, torch.Tensor]:
     """-log softmax(logits)[a] averaged, minus w_ent * H(softmax(logits))."""
     logp = torch.log_softmax(logits, -1)
@@ -95,7 +100,7 @@ def bc_loss_discrete(logits: torch.Tensor, actions: torch.Tensor, ent_weight: fl
     return {"loss": nll - ent_weight * entropy, "nll": nll, "entropy": entropy}
 
 
-def bc_loss_continuous(actor: utils.TanhGaussianActor, obs: torch.Tensor, actions: torch.Tensor,
+def bc_loss_continuous(actor: nets.TanhGaussianActor, obs: torch.Tensor, actions: torch.Tensor,
                        ent_weight: float) -> dict[str, torch.Tensor]:  # fmt: skip
     """-log pi(a|s) under the squashed Gaussian, minus w_ent * H(N(mu, sigma)).
 
@@ -115,13 +120,14 @@ def l2_penalty(module: nn.Module) -> torch.Tensor:
     return sum((p**2).sum() for p in module.parameters())
 
 
-# ----------------------------------------------------------------------------- training
+# -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
-    demos = utils.load_demos(env_id, args.num_demos, args.demos)
-    utils.set_seed(args.seed)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
+    runs.check_budget(args)
+    runs.set_seed(args.seed)
+    demos = envs.load_demos(env_id, args.num_demos, args.demos)
 
     # dataset: a random held-out share for validation (at least one transition on each side)
     obs = torch.as_tensor(demos["obs"], device=device)
@@ -130,10 +136,10 @@ def main(args: Args) -> dict:
     n_val = min(max(1, int(args.val_fraction * len(obs))), len(obs) - 1)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
 
-    actor = utils.make_actor(spec, args.hidden).to(device)
+    actor = envs.make_actor(spec, args.hidden).to(device)
     actor.norm.mean.copy_(obs[train_idx].mean(0))
     actor.norm.std.copy_(obs[train_idx].std(0).clamp_min(1e-3) if len(train_idx) > 1 else torch.ones_like(obs[0]))
-    optimizer = utils.Adam(actor.parameters(), args.lr)
+    optimizer = nets.Adam(actor.parameters(), args.lr)
 
     def losses(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         if spec.discrete:
@@ -146,17 +152,17 @@ def main(args: Args) -> dict:
 
     def update(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         out = losses(idx)
-        optimizer.step(out["loss"])
+        optimizer.descend(out["loss"])
         return {k: v.detach() for k, v in out.items()}
 
-    update = utils.maybe_compile(update, args.compile)
-    run = utils.Run(args, "bc", env_id, args.total_steps)
+    update = nets.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
+    run = runs.Run(args, "bc", env_id, args.total_steps)
     run.restore({"actor": actor, "optimizer": optimizer})  # from the checkpoint, with --resume
-    policy = utils.numpy_policy(actor, device)
+    policy = envs.numpy_policy(actor, device)
     print(f"{env_id}: {args.num_demos} demos, {len(train_idx)} training / {n_val} validation transitions")
 
     metrics: dict = {}
-    bar = utils.progress(args.total_steps, "bc", run.start)
+    bar = runs.progress(args.total_steps, "bc", run.start)
     for step in range(run.start + 1, args.total_steps + 1):
         batch = train_idx[torch.randint(len(train_idx), (args.batch_size,), device=device)]
         train = update(batch)
@@ -167,7 +173,7 @@ def main(args: Args) -> dict:
             run.log(step, metrics)
         if step % args.eval_every == 0 or step == args.total_steps:
             actor.eval()
-            metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
+            metrics = envs.evaluate(policy, env_id, args.eval_episodes, args.seed)
             actor.train()
             run.log(step, metrics)
         bar.update(1)
@@ -175,10 +181,10 @@ def main(args: Args) -> dict:
     bar.close()
 
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="bc")
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="bc")
     run.close()
     return metrics
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "bc")
+    runs.run_cli(main, Args, "bc")

@@ -27,7 +27,8 @@ own mistakes lead to, its error grows linearly rather than quadratically in the 
   format; ``actions`` are the expert's labels, ``rewards``/``next_obs`` those of the executed action);
   ``--demos PATH --num-demos N`` starts from such a file.
 
-Run: python cleanil/dagger.py --env CartPole  (normalized 1.0 with 10k env steps, under a minute on 1 CPU)
+Run: python cleanil/dagger.py --env CartPole  (the defaults below, no config file for CartPole: normalized 1.0
+with 10k env steps, under a minute on 1 CPU; MuJoCo settings in configs/dagger/)
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below; configs/dagger/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -72,8 +75,10 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user); None uses your default"""
-    compile: bool = False
-    """compile the update step with torch.compile (falls back to eager if it fails)"""
+    compile: bool | None = None
+    """compile the update steps with torch.compile (eager if that fails); None: if >= 20k updates, where it pays"""
+    cudagraphs: bool = False
+    """with a compiled update on a GPU, replay it as a CUDA graph (torch.compile mode reduce-overhead)"""
     save_model: bool = True
     """save the trained policy to runs/<run>/model.pt"""
     run_dir: str = "runs"
@@ -86,7 +91,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 1
     """write runs/<run>/checkpoint.pt every this many rounds; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- DAgger
+    # ---- the algorithm: DAgger
     expert: str | None = None
     """the expert: None (the shipped one), a policy file saved by cleanil, or module:function"""
     rounds: int = 10
@@ -111,7 +116,7 @@ class Args:
     """write the aggregated dataset to this .npz demo file after every round"""
 
 
-# ----------------------------------------------------------------------------- schedules and losses
+# ------------------------------------------------------------ schedules and losses (the algorithm)
 def beta_schedule(kind: str, i: int, beta0: float, decay_rounds: int, ratio: float) -> float:
     """Probability that the expert acts in round i (0-based)."""
     if kind == "linear":
@@ -131,69 +136,70 @@ def dagger_loss_continuous(actions: torch.Tensor, expert_actions: torch.Tensor, 
     return (((actions - expert_actions) / scale) ** 2).sum(-1).mean()
 
 
-# ----------------------------------------------------------------------------- experts
-def load_expert_fn(spec_str: str | None, spec: utils.EnvSpec) -> Callable[[np.ndarray], np.ndarray]:
+# -------------------------------------------------------------------------- experts (run plumbing)
+def load_expert_fn(spec_str: str | None, spec: envs.EnvSpec) -> Callable[[np.ndarray], np.ndarray]:
     """The expert as a function of one observation, from the shipped expert, a saved policy file, or
     ``module:function``."""
     if spec_str is None or Path(spec_str).suffix == ".pt":
-        actor = utils.load_expert(spec.env_id) if spec_str is None else utils.load_policy(spec_str, spec)
-        batched = utils.numpy_policy(actor, torch.device("cpu"))
+        actor = envs.load_expert(spec.env_id) if spec_str is None else envs.load_policy(spec_str, spec)
+        batched = envs.numpy_policy(actor, torch.device("cpu"))
         return lambda obs: batched(obs[None])[0]
     module_name, sep, fn_name = spec_str.partition(":")
     if not sep or not module_name or not fn_name:
-        raise utils.CleanILError(f"--expert {spec_str!r}: expected a .pt policy file or module:function")
+        raise envs.CleanILError(f"--expert {spec_str!r}: expected a .pt policy file or module:function")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except ImportError as e:
-        raise utils.CleanILError(f"--expert {spec_str!r}: cannot import module {module_name!r} ({e})") from None
+        raise envs.CleanILError(f"--expert {spec_str!r}: cannot import module {module_name!r} ({e})") from None
     except AttributeError:
-        raise utils.CleanILError(f"--expert {spec_str!r}: module {module_name!r} has no {fn_name!r}") from None
+        raise envs.CleanILError(f"--expert {spec_str!r}: module {module_name!r} has no {fn_name!r}") from None
     if not callable(fn):
-        raise utils.CleanILError(f"--expert {spec_str!r}: {fn_name!r} is not callable")
+        raise envs.CleanILError(f"--expert {spec_str!r}: {fn_name!r} is not callable")
     return fn
 
 
-def check_action(action: object, spec: utils.EnvSpec, source: str) -> np.ndarray:
+def check_action(action: object, spec: envs.EnvSpec, source: str) -> np.ndarray:
     """The expert's action as an array that fits the env, or one clear error."""
     a = np.asarray(action)
     if spec.discrete and not (a.shape == () and np.issubdtype(a.dtype, np.integer) and 0 <= a < spec.act_dim):
-        raise utils.CleanILError(
+        raise envs.CleanILError(
             f"expert {source} returned {action!r}; {spec.env_id} needs an int in [0, {spec.act_dim})"
         )
     if not spec.discrete and (a.shape != (spec.act_dim,) or not np.isfinite(a).all()):
-        raise utils.CleanILError(
+        raise envs.CleanILError(
             f"expert {source} returned shape {a.shape}; {spec.env_id} needs ({spec.act_dim},) finite"
         )
     return a
 
 
-# ----------------------------------------------------------------------------- training
+# -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
     if args.rounds < 1 or args.total_steps < args.rounds:
-        raise utils.CleanILError(
+        raise envs.CleanILError(
             f"need --rounds >= 1 and --total-steps >= --rounds, got {args.rounds}, {args.total_steps}"
         )
     if args.demos is not None and args.num_demos < 1:
-        raise utils.CleanILError("--demos needs --num-demos >= 1 (how many of its episodes start the dataset)")
+        raise envs.CleanILError("--demos needs --num-demos >= 1 (how many of its episodes start the dataset)")
+    runs.check_budget(args)
+    runs.set_seed(args.seed)
     expert = load_expert_fn(args.expert, spec)
     source = args.expert or "shipped"
-    utils.set_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
     # the aggregated dataset, in the demo format (actions = the expert's labels)
-    data: dict[str, list] = {k: [] for k in utils.DEMO_KEYS}
+    data: dict[str, list] = {k: [] for k in envs.DEMO_KEYS}
     if args.num_demos > 0:
-        demos = utils.load_demos(env_id, args.num_demos, args.demos)
-        for k in utils.DEMO_KEYS:
+        demos = envs.load_demos(env_id, args.num_demos, args.demos)
+        for k in envs.DEMO_KEYS:
             data[k] += list(demos[k])
 
-    actor = utils.make_actor(spec, args.hidden).to(device)
-    optimizer = utils.Adam(actor.parameters(), args.lr)
+    actor = envs.make_actor(spec, args.hidden).to(device)
+    optimizer = nets.Adam(actor.parameters(), args.lr)
     scale = None if spec.discrete else actor.scale
 
     def update(obs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -201,12 +207,12 @@ def main(args: Args) -> dict:
             loss = dagger_loss_discrete(actor(obs), labels)
         else:
             loss = dagger_loss_continuous(actor.act(obs, deterministic=True), labels, scale)
-        optimizer.step(loss)
+        optimizer.descend(loss)
         return loss.detach()
 
-    update = utils.maybe_compile(update, args.compile)
-    learner = utils.numpy_policy(actor, device)
-    run = utils.Run(args, "dagger", env_id, args.rounds)  # a step of the run is a round
+    update = nets.maybe_compile(update, args.compile, args.rounds * args.updates_per_round, args.cudagraphs)
+    learner = envs.numpy_policy(actor, device)
+    run = runs.Run(args, "dagger", env_id, args.rounds)  # a step of the run is a round
     saved = run.restore({"actor": actor, "optimizer": optimizer},
                         lambda: {"data": {k: np.array(v) for k, v in data.items()}, "env_steps": env_steps,
                                  "rng": rng.bit_generator.state})  # fmt: skip
@@ -221,7 +227,7 @@ def main(args: Args) -> dict:
     labels = torch.as_tensor(np.array(data["actions"]), device=device)
     labels = labels.long() if spec.discrete else labels.float().reshape(-1, spec.act_dim)
     env_steps, metrics = saved["env_steps"] if saved else 0, {}
-    bar = utils.progress(args.rounds * steps_per_round, "dagger", env_steps)
+    bar = runs.progress(args.rounds * steps_per_round, "dagger", env_steps)
     for i in range(run.start, args.rounds):
         beta = beta_schedule(args.beta_schedule, i, args.beta0, args.beta_decay_rounds, args.beta_ratio)
         # 1-3: roll out the mixture, label every visited state with the expert's action, aggregate
@@ -233,7 +239,7 @@ def main(args: Args) -> dict:
             next_obs, reward, terminated, truncated, _ = env.step(action)
             last = t == steps_per_round - 1 and not (terminated or truncated)  # the round cuts the episode
             row = (obs, label, reward, next_obs, terminated, truncated or last)
-            for k, v in zip(utils.DEMO_KEYS, row, strict=True):
+            for k, v in zip(envs.DEMO_KEYS, row, strict=True):
                 data[k].append(v)
             expert_share += use_expert
             obs = env.reset()[0] if terminated or truncated or last else next_obs
@@ -258,11 +264,11 @@ def main(args: Args) -> dict:
             "losses/dagger": loss,
         }
         if args.save_dataset:
-            utils.save_demo_file(args.save_dataset, {k: np.array(v) for k, v in data.items()})
+            envs.save_demo_file(args.save_dataset, {k: np.array(v) for k, v in data.items()})
         # 5: evaluate
         if (i + 1) % args.eval_every == 0 or i == args.rounds - 1:
             actor.eval()
-            metrics |= utils.evaluate(learner, env_id, args.eval_episodes, args.seed)
+            metrics |= envs.evaluate(learner, env_id, args.eval_episodes, args.seed)
             actor.train()
         run.log(i + 1, metrics, env_steps=env_steps)
         run.tick(i + 1)
@@ -270,10 +276,10 @@ def main(args: Args) -> dict:
     env.close()
 
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="dagger")
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="dagger")
     run.close()
     return metrics
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "dagger")
+    runs.run_cli(main, Args, "dagger")

@@ -28,7 +28,8 @@ The loop alternates:
   (zero true reward; the reward nets score it like any state), and the agent bootstraps through it
   as in DAC (Kostrikov et al. 2019), so ending an episode is judged by the learned reward.
 
-Run: python cleanil/drlhp.py --env CartPole  (500 synthetic queries)
+Run: python cleanil/drlhp.py --env CartPole  (settings from configs/drlhp/CartPole-v1.yaml: PPO agent, 100k env
+steps, 500 synthetic queries; normalized 0.997 +- 0.006 over 3 benchmark seeds)
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm (no demonstrations: DRLHP learns from preferences)
+    # Defaults below; configs/drlhp/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm (no demonstrations: DRLHP learns from preferences)
     env: str = "CartPole"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -85,7 +88,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- preferences
+    # ---- the algorithm: preferences
     num_queries: int = 500
     """total number of preference labels asked over the run"""
     initial_fraction: float = 0.25
@@ -118,7 +121,7 @@ class Args:
     """gradient steps on the labels after each query round (5x after the first)"""
     reward_batch: int = 64
     """labelled pairs per reward gradient step"""
-    # ---- agent
+    # ---- the algorithm: agent
     hidden: tuple[int, ...] = (256, 256)
     """hidden layer sizes of the actor and critic(s)"""
     lr: float = 3e-4
@@ -151,7 +154,7 @@ class Args:
     """SAC: log losses every this many env steps"""
 
 
-# ----------------------------------------------------------------------------- preferences
+# --------------------------------------------------------------------- preferences (the algorithm)
 def bradley_terry_loss(returns1: torch.Tensor, returns2: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """-mu log P(1 > 2) - (1 - mu) log P(2 > 1), P(1 > 2) = sigmoid(R1 - R2) with R = sum_t r_hat."""
     return F.binary_cross_entropy_with_logits(returns1 - returns2, mu)
@@ -181,13 +184,13 @@ def load_gatherer(spec_str: str, args: Args) -> Callable:
         return SyntheticOracle(args.oracle_temperature, args.oracle_noise, args.seed)
     module_name, sep, fn_name = spec_str.partition(":")
     if not sep or not module_name or not fn_name:
-        raise utils.CleanILError(f"--gatherer {spec_str!r}: expected synthetic or module:function")
+        raise envs.CleanILError(f"--gatherer {spec_str!r}: expected synthetic or module:function")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise utils.CleanILError(f"--gatherer {spec_str!r}: cannot load it ({e})") from None
+        raise envs.CleanILError(f"--gatherer {spec_str!r}: cannot load it ({e})") from None
 
 
 class FragmentCutter:
@@ -221,8 +224,8 @@ class RewardEnsemble(nn.Module):
 
     def __init__(self, in_dim: int, k: int, hidden: tuple[int, ...]):
         super().__init__()
-        self.norm = utils.Normalizer(in_dim)
-        self.nets = nn.ModuleList([utils.mlp(in_dim, 1, hidden) for _ in range(k)])
+        self.norm = nets.Normalizer(in_dim)
+        self.nets = nn.ModuleList([nets.mlp(in_dim, 1, hidden) for _ in range(k)])
         self.register_buffer("out_mean", torch.zeros(()))
         self.register_buffer("out_std", torch.ones(()))
 
@@ -241,7 +244,7 @@ def stack(fragments: list[dict], key: str, device: torch.device) -> torch.Tensor
     return torch.as_tensor(np.stack([f[key] for f in fragments]), dtype=torch.float32, device=device)
 
 
-# ----------------------------------------------------------------------------- agents
+# -------------------------------------------------------------------------- agents (the algorithm)
 def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> dict:
     """Transitions over flag-augmented states, s -> [s, 0]; a terminated (s, a, s') becomes
     (s, a, s_abs) followed by (s_abs, 0, s_abs), s_abs = [0, ..., 0, 1]: nothing is masked."""
@@ -257,50 +260,60 @@ def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, termi
     return {"obs": o, "act": a, "next_obs": o2}
 
 
-def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
-              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: utils.Run,
+def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, actor: nn.Module, targets: nn.Module,
+                      alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
+    """y = r + gamma * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
+    in the absorbing state a' = 0 with no entropy term (a single action)."""
+    with torch.no_grad():
+        live = 1 - next_obs[:, -1:]
+        a2, logp2 = actor.sample(next_obs[:, :-1])
+        a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
+        q_next = targets(next_obs, a2).min(0).values - alpha * logp2
+        return reward + gamma * q_next
+
+
+def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
+              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: runs.Run,
               restore: Callable) -> tuple[nn.Module, dict]:  # fmt: skip
     """SAC on r_hat: one env step, one update; the initial queries when learning starts, then every
     --query-every steps."""
-    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+    actor = nets.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
+    critics = nets.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden).to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
-    alpha_opt = utils.Adam([log_alpha], args.lr)
+    actor_opt, critic_opt = nets.Adam(actor.parameters(), args.lr), nets.Adam(critics.parameters(), args.lr)
+    alpha_opt = nets.Adam([log_alpha], args.lr)
 
     def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
-        with torch.no_grad():
-            r = reward(b["obs"], b["act"])  # the learned reward, recomputed for every replayed transition
-            # y = r + gamma (min_j Q'_j(s', a') - alpha log pi(a'|s')); in s_abs a' = 0 and no entropy term
-            live = 1 - b["next_obs"][:, -1:]
-            a2, logp2 = actor.sample(b["next_obs"][:, :-1])
-            a2, logp2 = a2 * live, logp2 * live.squeeze(-1)
-            y = r + args.gamma * (targets(b["next_obs"], a2).min(0).values - alpha * logp2)
+        with torch.no_grad():  # the learned reward, recomputed for every replayed transition
+            r = reward(b["obs"], b["act"])
+        y = sac_critic_target(b["next_obs"], r, actor, targets, alpha, args.gamma)
         critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
-        critic_opt.step(critic_loss)
-        # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states; temperature toward H = -dim(A)
+        critic_opt.descend(critic_loss)
+        # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
         live = 1 - b["obs"][:, -1]
         a, logp = actor.sample(b["obs"][:, :-1])
-        actor_loss = ((alpha * logp - critics(b["obs"], a).min(0).values) * live).sum()
-        actor_opt.step(actor_loss / live.sum().clamp_min(1))
-        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
+        q = critics(b["obs"], a).min(0).values
+        actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
+        actor_opt.descend(actor_loss)
+        # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
+        alpha_opt.descend(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "alpha": alpha, "reward_mean": r.mean()}
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
-    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    update = nets.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
+    rb = nets.make_replay_buffer(args.buffer_size, args.batch_size, device)
     asked = restore({
         "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
         "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
-    env = utils.make_vec_env(spec.env_id, 1)
+    env = envs.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed + run.start)
     cutter = FragmentCutter(1, args.fragment_length, spec.obs_dim, spec.act_dim)
     obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
-    bar, metrics, horizon = utils.progress(args.total_steps, "drlhp-sac", run.start), {}, args.total_steps
+    bar, metrics, horizon = runs.progress(args.total_steps, "drlhp-sac", run.start), {}, args.total_steps
     for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
@@ -309,7 +322,7 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
                 action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, true_rew, term, trunc, info = env.step(action)  # true_rew goes to the fragments only
         add_fragments(cutter.add(0, obs[0], act_vec(action)[0], float(true_rew[0]), bool(term[0]), bool(trunc[0])))
-        rb.extend(utils.to_tensordict(with_absorbing(obs, action, utils.true_next_obs(next_obs, info), term), device))
+        rb.extend(nets.to_tensordict(with_absorbing(obs, action, envs.true_next_obs(next_obs, info), term), device))
         obs = next_obs
         bar.update(1)
         t = step - args.learning_starts
@@ -322,26 +335,26 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
-            final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            final = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, final, env_steps=step)
         run.tick(step)
     bar.close()
     return actor, final
 
 
-def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
-              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: utils.Run,
+def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, reward: RewardEnsemble, act_vec: Callable,
+              add_fragments: Callable, query_round: Callable, queries_due: Callable, run: runs.Run,
               restore: Callable) -> tuple[nn.Module, dict]:  # fmt: skip
     """PPO on r_hat (discrete actions): the initial queries after the first rollout, before any
     update; then a query round after the rollouts that cross a multiple of --query-every."""
-    actor = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
-    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+    actor = nets.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+    critic = nets.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
     asked = restore({"actor": actor, "critic": critic, "optimizer": optimizer})
-    envs = utils.make_vec_env(spec.env_id, args.num_envs)
+    vec_env = envs.make_vec_env(spec.env_id, args.num_envs)
     cutter = FragmentCutter(args.num_envs, args.fragment_length, spec.obs_dim, spec.act_dim)
-    obs = envs.reset(seed=args.seed + run.start)[0]
+    obs = vec_env.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
     s_abs, a_abs = torch.zeros(1, spec.obs_dim + 1, device=device), torch.zeros(1, spec.act_dim, device=device)
     s_abs[0, -1] = 1  # the absorbing state: zeros and a flag, a single (zero) action
@@ -359,7 +372,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
     step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
-    bar = utils.progress(args.total_steps, "drlhp-ppo", step)
+    bar = runs.progress(args.total_steps, "drlhp-ppo", step)
     while step < args.total_steps:
         optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
         rows: dict[str, list] = {k: [] for k in ("obs", "act", "logp", "next_obs", "term", "trunc")}
@@ -370,11 +383,11 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
                 a = dist.sample()
             a_np = a.cpu().numpy()
             one_hot = act_vec(a_np)
-            next_obs, true_rew, term, trunc, info = envs.step(a_np)  # true_rew goes to the fragments only
+            next_obs, true_rew, term, trunc, info = vec_env.step(a_np)  # true_rew goes to the fragments only
             for i in range(n):
                 add_fragments(cutter.add(i, obs[i], one_hot[i], float(true_rew[i]), term[i], trunc[i]))
             for k, v in zip(rows, (obs, a_np, dist.log_prob(a).cpu().numpy(),
-                                   utils.true_next_obs(next_obs, info), term, trunc & ~term), strict=True):  # fmt: skip
+                                   envs.true_next_obs(next_obs, info), term, trunc & ~term), strict=True):  # fmt: skip
                 rows[k].append(v)
             obs = next_obs
         step += n * T
@@ -406,29 +419,30 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, reward: Rew
         run.log(step, metrics | q | {"reward_mean": r.mean(), "reward_absorbing": r_abs.squeeze()}, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
-            final = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            final = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, final, env_steps=step)
         run.tick(step)
     bar.close()
     return actor, final
 
 
-# ----------------------------------------------------------------------------- main
+# ------------------------------------------------------------ main (the loop and its run plumbing)
 def main(args: Args) -> dict:
     if not 0 <= args.initial_fraction <= 1 or args.num_queries < 1 or args.fragment_length < 1:
-        raise utils.CleanILError("need --num-queries >= 1, --fragment-length >= 1 and 0 <= --initial-fraction <= 1")
+        raise envs.CleanILError("need --num-queries >= 1, --fragment-length >= 1 and 0 <= --initial-fraction <= 1")
     gatherer = load_gatherer(args.gatherer, args)  # first: a gatherer's module may register envs
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
-    utils.set_seed(args.seed)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
+    runs.check_budget(args, off_policy=not spec.discrete)
+    runs.set_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     act_dim = spec.act_dim  # one-hot size for discrete actions
     reward = RewardEnsemble(spec.obs_dim + 1 + act_dim, args.ensemble, args.reward_hidden).to(device)
     reward_opt = torch.optim.Adam(reward.parameters(), lr=args.reward_lr)
     pool: list[dict] = []
     labels: dict[str, torch.Tensor] = {}  # the labelled pairs: o1, a1, o2, a2 [N, L, ...] and mu [N]
-    run = utils.Run(args, "drlhp", env_id, args.total_steps)
+    run = runs.Run(args, "drlhp", env_id, args.total_steps)
 
     def act_vec(a: np.ndarray) -> np.ndarray:
         return np.eye(act_dim, dtype=np.float32)[a] if spec.discrete else a.astype(np.float32)
@@ -463,7 +477,7 @@ def main(args: Args) -> dict:
             or (answers < 0).any()
             or (answers > 1).any()
         ):
-            raise utils.CleanILError(
+            raise envs.CleanILError(
                 f"the gatherer must return {len(pairs)} finite preferences in [0, 1], got shape {answers.shape}"
                 + (f" with values from {answers.min()} to {answers.max()}" if answers.size else "")
             )
@@ -522,12 +536,12 @@ def main(args: Args) -> dict:
     train = train_sac if not spec.discrete else train_ppo
     actor, final = train(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, run, restore)
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
-        utils.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
+        envs.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),
                                  "ensemble": args.ensemble, "env_id": env_id}, run.dir / "reward.pt")  # fmt: skip
     run.close()
     return final
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "drlhp")
+    runs.run_cli(main, Args, "drlhp")

@@ -43,14 +43,16 @@ What this implementation adds:
 - Discriminator inputs are standardized with the expert data's statistics (--no-disc-standardize:
   raw, as in DAC); the true env reward is never stored or seen by the agent (evaluation alone reads it).
 
-Run: python cleanil/gail.py --env HalfCheetah  (10 demos, SAC generator, 300k env steps; normalized
-1.04 +- 0.02 over 3 benchmark seeds, 1-1.5 h per run on one CPU core; records in benchmark_results/)
+Run: python cleanil/gail.py --env HalfCheetah  (settings from configs/gail/HalfCheetah-v5.yaml: 10 demos, SAC
+generator, 300k env steps; normalized 1.04 +- 0.02 over 3 benchmark seeds, 1-1.5 h per run on one CPU core;
+records in benchmark_results/)
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -58,12 +60,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below; configs/gail/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "Pendulum"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -102,7 +106,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- GAIL
+    # ---- the algorithm: GAIL
     generator: Literal["sac", "ppo"] | None = None
     """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
     reward: Literal["logit", "gail", "log_d"] = "logit"
@@ -165,16 +169,23 @@ class Args:
     """decay the PPO learning rate linearly to 0 over the run"""
 
 
-# ----------------------------------------------------------------------------- discriminator
+# ------------------------------------------------------------------- discriminator (the algorithm)
 class Discriminator(nn.Module):
     """Logit d(x) of D = P(expert | s, a), x = [s, flag, a]; inputs standardized with expert statistics."""
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...]):
         super().__init__()
-        self.norm, self.net = utils.Normalizer(in_dim), utils.mlp(in_dim, 1, hidden, nn.Tanh)
+        self.norm, self.net = nets.Normalizer(in_dim), nets.mlp(in_dim, 1, hidden, nn.Tanh)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.norm(x)).squeeze(-1)
+
+    def logit_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d and grad_z d at standardized inputs z, by hand (see tanh_mlp_input_grad)."""
+        return tanh_mlp_input_grad(self.net, z)
+
+
+BATCH_KEYS = ("obs", "act", "next_obs", "mask")  # the transition fields the update steps read
 
 
 def disc_input(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -200,7 +211,7 @@ def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, termi
     return {"obs": o, "act": a, "next_obs": o2, "mask": mask}
 
 
-# ----------------------------------------------------------------------------- losses
+# -------------------------------------------------------------------------- losses (the algorithm)
 def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor, expert_w: torch.Tensor | None = None,
                        policy_w: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Binary cross-entropy, expert = 1, policy = 0: -E_E[log D] - E_pi[log(1 - D)]
@@ -213,10 +224,15 @@ def discriminator_loss(expert_logits: torch.Tensor, policy_logits: torch.Tensor,
 
 
 def tanh_mlp_input_grad(net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d(z) and grad_z d(z) of a tanh MLP, by hand: h_k = tanh(W_k h_{k-1} + b_k), h_0 = z, d = w^T h_K + c,
-        grad_z d = W_1^T diag(1 - h_1^2) ... W_K^T diag(1 - h_K^2) w.
-    First-order in the weights (no double backward), so the penalty compiles with the rest of the update."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    """y(z) and grad_z y(z) of a tanh MLP, by hand: h_k = tanh(W_k h_{k-1} + b_k), h_0 = z, y = w^T h_K + c,
+        grad_z y = W_1^T diag(1 - h_1^2) ... W_K^T diag(1 - h_K^2) w.
+    First-order in the weights (no double backward), so the penalty compiles with the rest of the update.
+    ``net`` is one nn.Linear or an nn.Sequential of Linear, Tanh, ..., Linear; any other network is refused."""
+    layers = [net] if isinstance(net, nn.Linear) else list(net) if isinstance(net, nn.Sequential) else [None]
+    kinds = [nn.Linear if i % 2 == 0 else nn.Tanh for i in range(len(layers))]
+    if len(layers) % 2 == 0 or not all(type(m) is k for m, k in zip(layers, kinds, strict=True)):
+        raise ValueError(f"the hand-written input gradient holds for tanh MLPs only, not for {net}")
+    linears = layers[::2]
     hs, h = [], z
     for layer in linears[:-1]:
         h = torch.tanh(layer(h))
@@ -227,14 +243,20 @@ def tanh_mlp_input_grad(net: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, 
     return out, grad
 
 
-def gradient_penalty(net: nn.Module, z_expert: torch.Tensor, z_policy: torch.Tensor,
+def gradient_penalty(value_and_grad: Callable, z_expert: torch.Tensor, z_policy: torch.Tensor,
                      keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """E[(||grad_z net(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
-    over the pairs with ``keep`` = 1 (all by default). ``net`` is a tanh MLP (or one linear layer)."""
+    """E[(||grad_z d(z)||_2 - 1)^2] at z = eps z_E + (1 - eps) z_pi, eps ~ U(0, 1) per pair, averaged
+    over the pairs with ``keep`` = 1 (all by default); ``value_and_grad(z)`` returns (d(z), grad_z d(z))."""
     eps = torch.rand(len(z_expert), 1, device=z_expert.device)
-    _, grad = tanh_mlp_input_grad(net, eps * z_expert + (1 - eps) * z_policy)
+    _, grad = value_and_grad(eps * z_expert + (1 - eps) * z_policy)
     keep = torch.ones(len(grad), device=grad.device) if keep is None else keep
     return ((grad.norm(dim=-1) - 1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
+
+
+def absorbing_weight(args: Args) -> float:
+    """Weight of an absorbing-state sample in the discriminator loss: --absorbing-weight, or by default
+    1 / (1 - gamma), the discounted tail 1 + gamma + gamma^2 + ... that s_abs stands for."""
+    return 1 / (1 - args.gamma) if args.absorbing_weight is None else args.absorbing_weight
 
 
 def policy_reward(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -258,56 +280,60 @@ def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.
         return reward + gamma * mask * q_next
 
 
+# ---------------------------------------------------------------------- generators (the algorithm)
+def sample_rows(data: dict, n: int) -> dict:
+    """n rows drawn uniformly with replacement, the same rows of every array: whole transitions."""
+    idx = torch.randint(len(data["obs"]), (n,), device=data["obs"].device)
+    return {k: v[idx] for k, v in data.items()}
+
+
 def with_expert_rows(batch: dict, expert: dict, n: int) -> dict:
     """The SAC minibatch with its first n replay rows replaced by n expert transitions drawn uniformly."""
-    idx = torch.randint(len(expert["obs"]), (n,), device=expert["obs"].device)
-    return {k: torch.cat([batch[k][n:], expert[k][idx]]) for k in ("obs", "act", "next_obs", "mask")}
+    e = sample_rows(expert, n)
+    return {k: torch.cat([batch[k][n:], e[k]]) for k in BATCH_KEYS}
 
 
-# ----------------------------------------------------------------------------- generators
-def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
-              run: utils.Run, state: dict, expert: dict) -> tuple[nn.Module, dict]:  # fmt: skip
-    """Off-policy generator: one env step, one discriminator update, one SAC update on recomputed rewards.
-    ``expert`` holds the expert's transitions (flag-augmented tensors) for --expert-ratio."""
-    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
-    actor = actor.to(device)
-    critics = utils.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
+def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Module, reward_fn: Callable,
+              update_disc: Callable, run: runs.Run, state: dict, expert: dict) -> dict:  # fmt: skip
+    """Off-policy generator: one env step, one discriminator update, one SAC update on rewards recomputed
+    by ``reward_fn(batch)``; ``expert`` holds the expert's transitions (flag-augmented) for --expert-ratio."""
+    critics = nets.TwinQNetwork(spec.obs_dim + 1, spec.act_dim, args.hidden, layer_norm=args.critic_layernorm)
     critics = critics.to(device)
     targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
-    actor_opt, critic_opt = utils.Adam(actor.parameters(), args.lr), utils.Adam(critics.parameters(), args.lr)
-    alpha_opt = utils.Adam([log_alpha], args.lr)
+    actor_opt, critic_opt = nets.Adam(actor.parameters(), args.lr), nets.Adam(critics.parameters(), args.lr)
+    alpha_opt = nets.Adam([log_alpha], args.lr)
 
-    def update(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, mask: torch.Tensor) -> dict:
+    def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
         with torch.no_grad():  # the reward of every replayed transition, from the current discriminator
-            reward = policy_reward(disc(disc_input(obs, act)), args.reward)
-        y = sac_critic_target(next_obs, reward, mask, actor, targets, alpha, args.gamma)
-        critic_loss = (critics(obs, act) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
-        critic_opt.step(critic_loss)
+            reward = reward_fn(b)
+        y = sac_critic_target(b["next_obs"], reward, b["mask"], actor, targets, alpha, args.gamma)
+        critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
+        critic_opt.descend(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)] over real states (the absorbing one has no choice)
-        live = 1 - obs[:, -1]
-        a, logp = actor.sample(obs[:, :-1])
-        q = critics(obs, a).min(0).values
+        live = 1 - b["obs"][:, -1]
+        a, logp = actor.sample(b["obs"][:, :-1])
+        q = critics(b["obs"], a).min(0).values
         actor_loss = ((alpha * logp - q) * live).sum() / live.sum().clamp_min(1)
-        actor_opt.step(actor_loss)
+        actor_opt.descend(actor_loss)
         # temperature: min E[-alpha (log pi + H_target)], H_target = -dim(A)
-        alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
+        alpha_opt.descend(-(log_alpha * (logp.detach() - spec.act_dim) * live).sum() / live.sum().clamp_min(1))
         with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha,
-                "reward_mean": reward.mean(), "replay/absorbing_share": obs[:, -1].mean()}  # fmt: skip
+                "reward_mean": reward.mean(), "replay/absorbing_share": b["obs"][:, -1].mean()}  # fmt: skip
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
-    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    update = nets.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
+    rb = nets.make_replay_buffer(args.buffer_size, None, device)  # SAC and discriminator draw their own sizes
     run.restore(state | {
         "actor": actor, "critics": critics, "targets": targets, "log_alpha": log_alpha, "actor_opt": actor_opt,
         "critic_opt": critic_opt, "alpha_opt": alpha_opt, "replay": rb})  # fmt: skip
-    env = utils.make_vec_env(spec.env_id, 1)
+    env = envs.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed + run.start)
     obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
-    bar, metrics, disc_metrics = utils.progress(args.total_steps, "gail-sac", run.start), {}, {}
-    n_expert = round(args.expert_ratio * args.batch_size)  # minibatch = replay rows + n_expert expert rows
+    bar = runs.progress(args.total_steps, "gail-sac", run.start)
+    metrics, disc_metrics, n_expert = {}, {}, round(args.expert_ratio * args.batch_size)
     for step in range(run.start + 1, args.total_steps + 1):
         if step <= args.learning_starts:
             action = np.array([env.single_action_space.sample()])
@@ -315,41 +341,40 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
             with torch.no_grad():
                 action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
         next_obs, _, term, _, info = env.step(action)  # the true reward is not kept
-        rb.extend(utils.to_tensordict(with_absorbing(obs, action, utils.true_next_obs(next_obs, info), term,
+        rb.extend(nets.to_tensordict(with_absorbing(obs, action, envs.true_next_obs(next_obs, info), term,
                                                      args.absorbing), device))  # fmt: skip
         obs = next_obs
         bar.update(1)
         if step > args.learning_starts:
-            b = rb.sample()
-            for i in range(args.disc_updates or 1) if step % args.disc_every == 0 else []:
-                d = (b if i == 0 else rb.sample())[: args.disc_batch_size]
-                disc_metrics = update_disc(d["obs"], d["act"])
-            b = with_expert_rows(b, expert, n_expert) if n_expert else b
-            metrics = update(b["obs"], b["act"], b["next_obs"], b["mask"]) | disc_metrics
+            b = rb.sample(args.batch_size)
+            for i in range(args.disc_updates if step % args.disc_every == 0 else 0):
+                fresh = i > 0 or args.disc_batch_size > args.batch_size  # else the SAC minibatch's first rows
+                d = rb.sample(args.disc_batch_size) if fresh else b[: args.disc_batch_size]
+                disc_metrics = update_disc({k: d[k] for k in BATCH_KEYS})
+            b = {k: b[k] for k in BATCH_KEYS}
+            metrics = update(with_expert_rows(b, expert, n_expert) if n_expert else b) | disc_metrics
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=step)
         if step % args.eval_every == 0 or step == args.total_steps:
-            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            evaluation = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, evaluation, env_steps=step)
         run.tick(step)
     bar.close()
-    return actor, evaluation
+    return evaluation
 
 
-def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discriminator, update_disc,
-              run: utils.Run, state: dict) -> tuple[nn.Module, dict]:  # fmt: skip
-    """On-policy generator: roll out, update the discriminator on the rollout, relabel it, PPO epochs."""
-    actor = utils.make_actor(spec, args.hidden).to(device)
-    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Module, disc: Discriminator,
+              update_disc: Callable, run: runs.Run, state: dict) -> dict:  # fmt: skip
+    """On-policy generator: roll out, update the discriminator on the rollout, relabel it with the
+    policy reward, PPO epochs."""
+    critic = nets.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
     run.restore(state | {"actor": actor, "critic": critic, "optimizer": optimizer})
-    envs = utils.make_vec_env(spec.env_id, args.num_envs)
-    obs = envs.reset(seed=args.seed + run.start)[0]
+    vec_env = envs.make_vec_env(spec.env_id, args.num_envs)
+    obs = vec_env.reset(seed=args.seed + run.start)[0]
     n, T = args.num_envs, args.num_steps
-    s_abs = torch.zeros(1, spec.obs_dim + 1, device=device)
-    s_abs[0, -1] = 1
-    a_abs = torch.zeros(1, spec.act_dim, device=device)
+    s_abs = F.one_hot(torch.tensor([spec.obs_dim], device=device), spec.obs_dim + 1).float()  # [0, ..., 0, 1]
 
     def log_prob(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """log pi(a|s); continuous actions are stored as pre-tanh samples u."""
@@ -371,7 +396,7 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         return {"losses/policy": pg_loss.detach(), "losses/value": v_loss.detach()}
 
     step, next_eval = run.start, (run.start // args.eval_every + 1) * args.eval_every
-    bar = utils.progress(args.total_steps, "gail-ppo", step)
+    bar = runs.progress(args.total_steps, "gail-ppo", step)
     while step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - step / args.total_steps)
@@ -387,8 +412,8 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
                     a = mean + log_std.exp() * torch.randn_like(mean)
                     env_action = (actor.bias + actor.scale * torch.tanh(a)).cpu().numpy()
                 logp = log_prob(o, a)
-            next_obs, _, term, trunc, info = envs.step(env_action)  # the true reward is not kept
-            for k, v in zip(rows, (obs, a.cpu().numpy(), logp.cpu().numpy(), utils.true_next_obs(next_obs, info),
+            next_obs, _, term, trunc, info = vec_env.step(env_action)  # the true reward is not kept
+            for k, v in zip(rows, (obs, a.cpu().numpy(), logp.cpu().numpy(), envs.true_next_obs(next_obs, info),
                                    term, trunc & ~term), strict=True):  # fmt: skip
                 rows[k].append(v)
             obs = next_obs
@@ -399,20 +424,18 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         if not spec.discrete:  # the discriminator sees the env's action a = bias + scale tanh(u)
             act_vec = spec.action_low + (spec.action_high - spec.action_low) * (act_vec + 1) / 2
         # discriminator on this rollout's transitions (with absorbing rows), then relabel the rollout
-        d = utils.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
-        for _ in range(args.disc_updates or 10):
-            idx = torch.randint(len(d), (args.disc_batch_size,), device=device)
-            disc_metrics = update_disc(d["obs"][idx], d["act"][idx])
+        d = nets.to_tensordict(with_absorbing(r["obs"], act_vec, r["next_obs"], r["term"], args.absorbing), device)
+        for _ in range(args.disc_updates):
+            b = d[torch.randint(len(d), (args.disc_batch_size,), device=device)]
+            disc_metrics = update_disc({k: b[k] for k in BATCH_KEYS})
         tensors = {k: torch.as_tensor(v, device=device) for k, v in r.items()}
-        o, o2 = tensors["obs"].float(), tensors["next_obs"].float()
-        flag = torch.zeros(T * n, 1, device=device)
-        with torch.no_grad():
-            reward = policy_reward(disc(disc_input(torch.cat([o, flag], 1), torch.as_tensor(act_vec, device=device))),
-                                   args.reward).view(T, n)  # fmt: skip
-            r_abs = policy_reward(disc(disc_input(s_abs, a_abs)), args.reward)
+        o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
+        term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
+        with torch.no_grad():  # reward of the rollout's rows (d's first T n) and of the absorbing state
+            reward = policy_reward(disc(disc_input(d["obs"][: T * n], d["act"][: T * n])), args.reward).view(T, n)
+            r_abs = policy_reward(disc(disc_input(s_abs, torch.zeros_like(d["act"][:1]))), args.reward)
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
         # next-state value: V(s') after a time-limit end or a step; r(s_abs) / (1 - gamma) or 0 after termination
-        term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
         v_end = r_abs / (1 - args.gamma) if args.absorbing else torch.zeros_like(r_abs)
         next_value = (1 - term) * next_value + term * v_end
         # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
@@ -421,83 +444,83 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, disc: Discr
         for t in reversed(range(T)):
             last = delta[t] + args.gamma * args.gae_lambda * (1 - done[t]) * last
             adv[t] = last
-        ret = (adv + value).flatten()
-        a_t, logp_t, adv = tensors["act"], tensors["logp"], adv.flatten()
+        ret, adv = (adv + value).flatten(), adv.flatten()
         for _ in range(args.update_epochs):
             for idx in torch.randperm(T * n, device=device).split(args.batch_size):
-                metrics = update(o[idx], a_t[idx], logp_t[idx], adv[idx], ret[idx])
+                metrics = update(o[idx], tensors["act"][idx], logp_t[idx], adv[idx], ret[idx])
         metrics |= disc_metrics | {"reward_mean": reward.mean(), "reward_absorbing": r_abs.squeeze()}
         run.log(step, metrics, env_steps=step)
         if step >= next_eval or step >= args.total_steps:
             next_eval += args.eval_every
-            evaluation = utils.evaluate(utils.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
+            evaluation = envs.evaluate(envs.numpy_policy(actor, device), spec.env_id, args.eval_episodes, args.seed)
             run.log(step, evaluation, env_steps=step)
         run.tick(step)
     bar.close()
-    return actor, evaluation
+    return evaluation
 
 
-# ----------------------------------------------------------------------------- main
+# ------------------------------------------------------------ main (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
     generator = args.generator or ("ppo" if spec.discrete else "sac")
     if generator == "sac" and spec.discrete:
-        raise utils.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
+        raise envs.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
     if not 0 <= args.expert_ratio < 1:
-        raise utils.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
-    utils.set_seed(args.seed)
-    demos = utils.load_demos(env_id, args.num_demos, args.demos)
+        raise envs.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
+    runs.check_budget(args, off_policy=generator == "sac")
+    disc_updates = (1 if generator == "sac" else 10) if args.disc_updates is None else args.disc_updates
+    args = replace(args, disc_updates=disc_updates)  # the effective setting, recorded in config.json
+    runs.set_seed(args.seed)
 
-    # expert data with absorbing rows; actions as vectors (one-hot for discrete actions)
+    demos = envs.load_demos(env_id, args.num_demos, args.demos)
     act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
     expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
-    expert_x = disc_input(torch.as_tensor(expert["obs"], device=device), torch.as_tensor(expert["act"], device=device))
+    expert = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
+    expert_x = disc_input(expert["obs"], expert["act"])
     disc = Discriminator(expert_x.shape[1], args.disc_hidden).to(device)
     if args.disc_standardize:  # else raw inputs: the penalty then bounds the slope per raw unit, as in DAC
         disc.norm.mean.copy_(expert_x.mean(0))
         disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
         disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
-    disc_opt = utils.Adam(disc.parameters(), args.disc_lr)
+    disc_opt = nets.Adam(disc.parameters(), args.disc_lr)
+    w_abs = absorbing_weight(args) - 1  # extra weight of an absorbing-state sample
 
-    def update_disc(policy_obs: torch.Tensor, policy_act: torch.Tensor) -> dict:
+    def update_disc(p: dict) -> dict:
         """One step on -E_E[log D] - E_pi[log(1 - D)] + lambda GP, with as many expert as policy samples."""
-        z_pi = disc.norm(disc_input(policy_obs, policy_act))
-        e = expert_x[torch.randint(len(expert_x), (len(z_pi),), device=device)]
-        z_e = disc.norm(e)
+        e = sample_rows(expert, len(p["obs"]))  # as many expert transitions as policy ones
+        z_e, z_pi = disc.norm(disc_input(e["obs"], e["act"])), disc.norm(disc_input(p["obs"], p["act"]))
         logit_e, logit_pi = disc.net(z_e).squeeze(-1), disc.net(z_pi).squeeze(-1)
-        flag_e, flag_pi = e[:, spec.obs_dim], policy_obs[:, -1]
-        # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma) unless --absorbing-weight says
-        w_abs = (args.absorbing_weight or 1 / (1 - args.gamma)) - 1
-        loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * flag_e, 1 + w_abs * flag_pi)
-        keep = (1 - flag_e) * (1 - flag_pi)  # pairs away from the absorbing state
-        gp = gradient_penalty(disc.net, z_e, z_pi, keep) if args.gp_weight > 0 else torch.zeros((), device=device)
-        disc_opt.step(loss + args.gp_weight * gp)
+        loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
+        keep = [1 - x["obs"][:, -1] for x in (e, p)]  # away from s_abs
+        gp = gradient_penalty(disc.logit_and_grad, z_e, z_pi, keep[0] * keep[1]) if args.gp_weight > 0 else 0 * loss
+        disc_opt.descend(loss + args.gp_weight * gp)
         accuracy = ((logit_e > 0).float().mean() + (logit_pi < 0).float().mean()) / 2
         return {"losses/discriminator": loss.detach(), "losses/gradient_penalty": gp.detach(),
                 "disc/accuracy": accuracy, "disc/expert_logit": logit_e.mean().detach(),
                 "disc/policy_logit": logit_pi.mean().detach()}  # fmt: skip
 
-    rollouts = args.total_steps // (args.num_envs * args.num_steps)  # PPO: (disc_updates or 10) calls each
-    calls = args.total_steps if generator == "sac" else rollouts * (args.disc_updates or 10)
-    update_disc = utils.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
+    rollouts = args.total_steps // (args.num_envs * args.num_steps)  # PPO: disc_updates calls each
+    calls = args.total_steps if generator == "sac" else rollouts * args.disc_updates
+    update_disc = nets.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
 
-    run = utils.Run(args, f"gail_{generator}", env_id, args.total_steps)
-    state = {"disc": disc, "disc_opt": disc_opt}
+    run = runs.Run(args, f"gail_{generator}", env_id, args.total_steps)
+    state = {"disc": disc, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
+    actor = envs.make_actor(spec, args.hidden).to(device)
     if generator == "sac":
-        expert_t = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
-        actor, final = train_sac(args, spec, device, disc, update_disc, run, state, expert_t)
+        reward_fn = lambda b: policy_reward(disc(disc_input(b["obs"], b["act"])), args.reward)  # noqa: E731
+        final = train_sac(args, spec, device, actor, reward_fn, update_disc, run, state, expert)
     else:
-        actor, final = train_ppo(args, spec, device, disc, update_disc, run, state)
+        final = train_ppo(args, spec, device, actor, disc, update_disc, run, state)
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="gail")
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="gail")
         blob = {"state_dict": disc.state_dict(), "hidden": list(args.disc_hidden), "reward": args.reward,
                 "absorbing": args.absorbing}  # fmt: skip
-        utils.atomic_torch_save(blob, run.dir / "discriminator.pt")
+        envs.atomic_torch_save(blob, run.dir / "discriminator.pt")
     run.close()
     return final
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "gail")
+    runs.run_cli(main, Args, "gail")

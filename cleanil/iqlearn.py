@@ -33,7 +33,8 @@ authors' "regularize" setting for online runs).
   returns of --reward-episodes episodes of the final policy (reward/pearson_episodes, at the end).
   The Q network(s) and actor are saved to runs/<run>/reward.pt, from which r can be recomputed.
 
-Run: python cleanil/iqlearn.py --env CartPole --offline --num-demos 1  (normalized ~1.0 in under a minute)
+Run: python cleanil/iqlearn.py --env CartPole  (settings from configs/iqlearn/CartPole-v1.yaml: offline, one
+demonstration, 3k updates; normalized ~1.0 in under a minute)
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below; configs/iqlearn/<EnvId>.yaml overrides them for that env (its file is printed at start),
+    # and flags on the command line override both.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
     """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
     seed: int = 0
@@ -90,7 +93,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- IQ-Learn
+    # ---- the algorithm: IQ-Learn
     offline: bool = False
     """learn from the expert data alone, without env interaction"""
     value_loss: Literal["value", "v0"] = "value"
@@ -129,7 +132,7 @@ class Args:
     """log losses every this many steps"""
 
 
-# ----------------------------------------------------------------------------- losses
+# -------------------------------------------------------------------------- losses (the algorithm)
 def iq_loss(
     q: torch.Tensor,
     v: torch.Tensor,
@@ -175,143 +178,177 @@ def episode_sums(reward: np.ndarray, done: np.ndarray) -> np.ndarray:
     return np.add.reduceat(reward, starts)
 
 
-# ----------------------------------------------------------------------------- main
-def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
-    if args.learn_temp and spec.discrete:
-        raise utils.CleanILError("--learn-temp applies to continuous actions only")
-    if args.heldout_demos < 1 or args.num_demos < 1:
-        raise utils.CleanILError("--num-demos and --heldout-demos must be at least 1")
-    if args.reward_episodes == 1 or args.reward_episodes < 0:
-        raise utils.CleanILError("--reward-episodes must be 0 (skip) or at least 2 (a correlation needs two)")
-    if args.num_critics < 1:
-        raise utils.CleanILError("--num-critics must be at least 1")
-    utils.set_seed(args.seed)
-    demos = utils.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
-    # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
-    cut = np.flatnonzero(demos["terminated"] | demos["truncated"])[args.num_demos - 1] + 1
+# ------------------------------------------------------------------------ networks (the algorithm)
+@dataclass
+class Learner:
+    """Everything IQ-Learn trains. Discrete actions: one Q network with an output per action, which is also
+    the policy (pi = softmax(Q / alpha)); continuous: twin Q(s, a) networks and a tanh-Gaussian actor."""
 
-    def tensors(data: dict, lo: int = 0, hi: int | None = None) -> dict[str, torch.Tensor]:
-        """Rows lo:hi of demo-format arrays as the tensors the updates and the reward scoring read."""
-        t = {k: torch.as_tensor(np.asarray(data[k][lo:hi]), device=device) for k in utils.DEMO_KEYS}
-        act = t["actions"] if spec.discrete else t["actions"].float()
-        return {"obs": t["obs"].float(), "act": act, "next_obs": t["next_obs"].float(),
-                "done": t["terminated"].float(), "rew": t["rewards"].float()}  # fmt: skip
+    discrete: bool
+    critics: nn.Module
+    targets: nn.Module
+    actor: nn.Module
+    log_alpha: torch.Tensor
+    critic_opt: nets.Adam
+    actor_opt: nets.Adam | None
+    alpha_opt: nets.Adam | None
 
-    expert, heldout = tensors(demos, 0, cut), tensors(demos, cut)
-    obs_mean, obs_std = expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3)
+    def state(self) -> dict:
+        """What a checkpoint saves, by name."""
+        names = ("critics", "targets", "actor", "log_alpha", "critic_opt", "actor_opt", "alpha_opt")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
-    # ---- networks: Q (one output per action) or twin Q(s, a) with a tanh-Gaussian actor
+
+def make_learner(spec: envs.EnvSpec, args: Args, obs_mean: torch.Tensor, obs_std: torch.Tensor,
+                 device: torch.device) -> Learner:  # fmt: skip
     if spec.discrete:
-        q_net = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
+        q_net = nets.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
         q_net.norm.mean.copy_(obs_mean)
         q_net.norm.std.copy_(obs_std)
         critics, actor = nn.ModuleList([q_net]), q_net
     else:
-        critics = utils.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden, args.num_critics).to(device)
-        actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+        critics = nets.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden, args.num_critics).to(device)
+        actor = nets.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
         actor = actor.to(device)
-    targets = copy.deepcopy(critics).requires_grad_(False)
     log_alpha = torch.tensor([np.log(args.init_temp)], dtype=torch.float32, device=device, requires_grad=True)
-    critic_opt = utils.Adam(critics.parameters(), args.critic_lr)
-    actor_opt = None if spec.discrete else utils.Adam(actor.parameters(), args.actor_lr)
-    alpha_opt = utils.Adam([log_alpha], args.critic_lr) if args.learn_temp else None
+    return Learner(spec.discrete, critics, copy.deepcopy(critics).requires_grad_(False), actor, log_alpha,
+                   nets.Adam(critics.parameters(), args.critic_lr),
+                   None if spec.discrete else nets.Adam(actor.parameters(), args.actor_lr),
+                   nets.Adam([log_alpha], args.critic_lr) if args.learn_temp else None)  # fmt: skip
 
-    def q_values(nets: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
-        if spec.discrete:
-            return [nets[0](obs).gather(-1, act.long().unsqueeze(-1)).squeeze(-1)]
-        return list(nets(obs, act))  # the twins
 
-    def value(nets: nn.Module, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """V(s): alpha logsumexp(Q / alpha) (discrete) or min_j Q_j(s, a) - alpha log pi(a|s), a ~ pi (continuous)."""
-        if spec.discrete:
-            return soft_value_discrete(nets[0](obs), alpha)
-        with torch.no_grad():
-            a, logp = actor.sample(obs)
-        return nets(obs, a).min(0).values - alpha * logp
+def q_values(m: Learner, critics: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
+    """Q(s, a) of each critic (one if discrete, the twins otherwise)."""
+    if m.discrete:
+        return [critics[0](obs).gather(-1, act.long().unsqueeze(-1)).squeeze(-1)]
+    return list(critics(obs, act))
 
-    def update(b: dict) -> dict:
-        alpha = log_alpha.exp().detach()
-        with torch.no_grad() if args.use_target else torch.enable_grad():
-            next_v = value(targets if args.use_target else critics, b["next_obs"], alpha)
-        v = value(critics, b["obs"], alpha)
-        losses = [iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss, args.chi_alpha,
-                          not args.offline) for q in q_values(critics, b["obs"], b["act"])]  # fmt: skip
-        loss = sum(twin_loss for twin_loss, _ in losses) / len(losses)  # each twin trained on its own loss
-        critic_opt.step(loss)
-        metrics = losses[0][1] | {"losses/iq": loss.detach()}
-        if not spec.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
-            a, logp = actor.sample(b["obs"])
-            actor_loss = (alpha * logp - critics(b["obs"], a).min(0).values).mean()
-            actor_opt.step(actor_loss)
-            metrics["losses/actor"] = actor_loss.detach()
-            if alpha_opt is not None:  # temperature: min E[-alpha (log pi - dim(A))]
-                alpha_opt.step(-(log_alpha * (logp.detach() - spec.act_dim)).mean())
-        with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
-            torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
-        return metrics | {"alpha": alpha}
 
-    update = utils.maybe_compile(update, args.compile, args.total_steps, args.cudagraphs)
+def soft_value(m: Learner, critics: nn.Module, obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """V(s): alpha logsumexp(Q / alpha) (discrete) or min_j Q_j(s, a) - alpha log pi(a|s), a ~ pi (continuous)."""
+    if m.discrete:
+        return soft_value_discrete(critics[0](obs), alpha)
+    with torch.no_grad():
+        a, logp = m.actor.sample(obs)
+    return critics(obs, a).min(0).values - alpha * logp
 
-    @torch.no_grad()
-    def recovered_reward(b: dict) -> np.ndarray:
-        """r(s, a) = Q(s, a) - gamma (1 - done) V(s'), from the online networks (the min of twin Qs)."""
-        alpha = log_alpha.exp()
-        q = torch.min(torch.stack(q_values(critics, b["obs"], b["act"])), 0).values
-        return (q - args.gamma * (1 - b["done"]) * value(critics, b["next_obs"], alpha)).cpu().numpy()
 
-    def evaluate(step: int) -> dict:
-        policy = utils.numpy_policy(actor, device)
-        metrics = utils.evaluate(policy, env_id, args.eval_episodes, args.seed)
-        scores = {"reward/pearson_heldout": pearson(recovered_reward(heldout), heldout["rew"].cpu().numpy())}
-        if step == args.total_steps and args.reward_episodes:  # per episode: recovered vs true returns
-            seed = utils.EVAL_SEED_BASE + 10_000 * args.seed + 5_000  # episodes apart from the evaluation's
-            episodes = utils.rollout(policy, env_id, args.reward_episodes, seed, record=True)
-            t = episodes["transitions"]
-            recovered = episode_sums(recovered_reward(tensors(t)), t["terminated"] | t["truncated"])
-            scores["reward/pearson_episodes"] = pearson(recovered, episodes["returns"])
-        metrics |= {k: v for k, v in scores.items() if v is not None}  # undefined ones are not logged
-        run.log(step, metrics, env_steps=0 if args.offline else step)
-        return metrics
+@torch.no_grad()
+def recovered_reward(m: Learner, b: dict, gamma: float) -> np.ndarray:
+    """r(s, a) = Q(s, a) - gamma (1 - done) V(s'), from the online networks (the min of twin Qs)."""
+    alpha = m.log_alpha.exp()
+    q = torch.min(torch.stack(q_values(m, m.critics, b["obs"], b["act"])), 0).values
+    return (q - gamma * (1 - b["done"]) * soft_value(m, m.critics, b["next_obs"], alpha)).cpu().numpy()
 
-    def sample(rows: dict, n: int) -> dict:
-        idx = torch.randint(len(rows["obs"]), (n,), device=device)
-        return {k: rows[k][idx] for k in ("obs", "act", "next_obs", "done")}
 
-    run = utils.Run(args, "iqlearn_offline" if args.offline else "iqlearn", env_id, args.total_steps)
-    bar, metrics, final = utils.progress(args.total_steps, "iqlearn", run.start), {}, {}
+# -------------------------------------------------------------------------- update (the algorithm)
+def update(m: Learner, b: dict, args: Args) -> dict:
+    """One step on -J(Q) for the critic(s), then (continuous) the SAC-style actor and temperature."""
+    alpha = m.log_alpha.exp().detach()
+    with torch.no_grad() if args.use_target else torch.enable_grad():
+        next_v = soft_value(m, m.targets if args.use_target else m.critics, b["next_obs"], alpha)
+    v = soft_value(m, m.critics, b["obs"], alpha)
+    losses = [iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss, args.chi_alpha,
+                      not args.offline) for q in q_values(m, m.critics, b["obs"], b["act"])]  # fmt: skip
+    loss = sum(twin_loss for twin_loss, _ in losses) / len(losses)  # each twin trained on its own loss
+    m.critic_opt.descend(loss)
+    metrics = losses[0][1] | {"losses/iq": loss.detach()}
+    if not m.discrete:  # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)]
+        a, logp = m.actor.sample(b["obs"])
+        actor_loss = (alpha * logp - m.critics(b["obs"], a).min(0).values).mean()
+        m.actor_opt.descend(actor_loss)
+        metrics["losses/actor"] = actor_loss.detach()
+        if m.alpha_opt is not None:  # temperature: min E[-alpha (log pi - dim(A))]
+            m.alpha_opt.descend(-(m.log_alpha * (logp.detach() - a.shape[-1])).mean())
+    with torch.no_grad():  # Polyak: theta' <- (1 - tau) theta' + tau theta
+        torch._foreach_lerp_(list(m.targets.parameters()), list(m.critics.parameters()), args.tau)
+    return metrics | {"alpha": alpha}
+
+
+# ---------------------------------------------------------------- evaluation and data (run plumbing)
+def demo_tensors(data: dict, discrete: bool, device: torch.device, lo: int = 0, hi: int | None = None) -> dict:
+    """Rows lo:hi of demo-format arrays as the tensors the updates and the reward scoring read."""
+    t = {k: torch.as_tensor(np.asarray(data[k][lo:hi]), device=device) for k in envs.DEMO_KEYS}
+    act = t["actions"] if discrete else t["actions"].float()
+    return {"obs": t["obs"].float(), "act": act, "next_obs": t["next_obs"].float(),
+            "done": t["terminated"].float(), "rew": t["rewards"].float()}  # fmt: skip
+
+
+def sample(rows: dict, n: int) -> dict:
+    idx = torch.randint(len(rows["obs"]), (n,), device=rows["obs"].device)
+    return {k: rows[k][idx] for k in ("obs", "act", "next_obs", "done")}
+
+
+def evaluate(m: Learner, args: Args, env_id: str, heldout: dict, final: bool) -> dict:
+    """Return of the policy, and the recovered reward's correlation with the true one: per held-out expert
+    transition, and (``final``) per episode of the policy."""
+    policy = envs.numpy_policy(m.actor, m.log_alpha.device)
+    metrics = envs.evaluate(policy, env_id, args.eval_episodes, args.seed)
+    scores = {"reward/pearson_heldout": pearson(recovered_reward(m, heldout, args.gamma), heldout["rew"].cpu().numpy())}
+    if final and args.reward_episodes:  # per episode: recovered vs true returns
+        seed = envs.EVAL_SEED_BASE + 10_000 * args.seed + 5_000  # episodes apart from the evaluation's
+        episodes = envs.rollout(policy, env_id, args.reward_episodes, seed, record=True)
+        t = episodes["transitions"]
+        reward = recovered_reward(m, demo_tensors(t, m.discrete, m.log_alpha.device), args.gamma)
+        scores["reward/pearson_episodes"] = pearson(episode_sums(reward, t["terminated"] | t["truncated"]),
+                                                    episodes["returns"])  # fmt: skip
+    return metrics | {k: v for k, v in scores.items() if v is not None}  # undefined ones are not logged
+
+
+def act(m: Learner, obs: np.ndarray, device: torch.device) -> np.ndarray:
+    """An action of the current policy: pi = softmax(Q / alpha) (discrete) or the actor's sample."""
+    with torch.no_grad():
+        o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        if m.discrete:
+            return torch.distributions.Categorical(logits=m.actor(o) / m.log_alpha.exp()).sample().cpu().numpy()
+        return m.actor.sample(o)[0].cpu().numpy()
+
+
+# ------------------------------------------------------------ main (the loop and its run plumbing)
+def main(args: Args) -> dict:
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
+    if args.learn_temp and spec.discrete:
+        raise envs.CleanILError("--learn-temp applies to continuous actions only")
+    if args.heldout_demos < 1 or args.num_demos < 1:
+        raise envs.CleanILError("--num-demos and --heldout-demos must be at least 1")
+    if args.reward_episodes == 1 or args.reward_episodes < 0:
+        raise envs.CleanILError("--reward-episodes must be 0 (skip) or at least 2 (a correlation needs two)")
+    if args.num_critics < 1:
+        raise envs.CleanILError("--num-critics must be at least 1")
+    runs.check_budget(args, off_policy=not args.offline)
+    runs.set_seed(args.seed)
+    demos = envs.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
+    # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
+    cut = np.flatnonzero(demos["terminated"] | demos["truncated"])[args.num_demos - 1] + 1
+    expert, heldout = (
+        demo_tensors(demos, spec.discrete, device, 0, cut),
+        demo_tensors(demos, spec.discrete, device, cut),
+    )
+    m = make_learner(spec, args, expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3), device)
+    step_fn = nets.maybe_compile(lambda b: update(m, b, args), args.compile, args.total_steps, args.cudagraphs)
+
+    run = runs.Run(args, "iqlearn_offline" if args.offline else "iqlearn", env_id, args.total_steps)
+    bar, metrics, final = runs.progress(args.total_steps, "iqlearn", run.start), {}, {}
     # expert flags of a batch: all rows offline; the first half online (expert rows, then policy rows)
     n_expert = args.batch_size if args.offline else args.batch_size // 2
-    n_rows = n_expert if args.offline else 2 * n_expert
-    is_expert = (torch.arange(n_rows, device=device) < n_expert).float()
-    state = {"critics": critics, "targets": targets, "actor": actor, "log_alpha": log_alpha, "critic_opt": critic_opt,
-             "actor_opt": actor_opt, "alpha_opt": alpha_opt}  # fmt: skip
+    is_expert = (torch.arange(n_expert if args.offline else 2 * n_expert, device=device) < n_expert).float()
+    rb = None if args.offline else nets.make_replay_buffer(args.buffer_size, args.batch_size // 2, device)
+    run.restore(m.state() | ({} if rb is None else {"replay": rb}))
     if not args.offline:
-        rb = utils.make_replay_buffer(args.buffer_size, args.batch_size // 2, device)
-        state["replay"] = rb
-    run.restore({k: v for k, v in state.items() if v is not None})
-    if not args.offline:
-        env = utils.make_vec_env(env_id, 1)
+        env = envs.make_vec_env(env_id, 1)
         env.single_action_space.seed(args.seed + run.start)
         obs = env.reset(seed=args.seed + run.start)[0]  # a resumed run starts a new episode
     for step in range(run.start + 1, args.total_steps + 1):
         if not args.offline:  # one env step with the current policy (no reward stored)
-            if step <= args.learning_starts:
-                action = np.array([env.single_action_space.sample()])
-            else:
-                with torch.no_grad():
-                    o = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                    if spec.discrete:  # pi = softmax(Q / alpha)
-                        action = torch.distributions.Categorical(logits=actor(o) / log_alpha.exp()).sample()
-                    else:
-                        action = actor.sample(o)[0]
-                    action = action.cpu().numpy()
+            action = (
+                np.array([env.single_action_space.sample()]) if step <= args.learning_starts else act(m, obs, device)
+            )
             next_obs, _, term, _, info = env.step(action)
-            rb.extend(utils.to_tensordict({"obs": obs.astype(np.float32), "act": action,
-                                           "next_obs": utils.true_next_obs(next_obs, info).astype(np.float32),
-                                           "done": term.astype(np.float32)}, device))  # fmt: skip
+            rb.extend(nets.to_tensordict({"obs": obs.astype(np.float32), "act": action,
+                                          "next_obs": envs.true_next_obs(next_obs, info).astype(np.float32),
+                                          "done": term.astype(np.float32)}, device))  # fmt: skip
             obs = next_obs
         bar.update(1)
         if args.offline or step > args.learning_starts:
@@ -320,22 +357,22 @@ def main(args: Args) -> dict:
             else:  # half expert, half policy
                 e, p = sample(expert, args.batch_size // 2), rb.sample()
                 b = {k: torch.cat([e[k], p[k].to(e[k].dtype)]) for k in e} | {"is_expert": is_expert}
-            metrics = update(b)
+            metrics = step_fn(b)
         if step % args.log_every == 0 and metrics:
             run.log(step, metrics, env_steps=0 if args.offline else step)
         if step % args.eval_every == 0 or step == args.total_steps:
-            final = evaluate(step)
+            final = evaluate(m, args, env_id, heldout, step == args.total_steps)
+            run.log(step, final, env_steps=0 if args.offline else step)
         run.tick(step)
     bar.close()
-
     if args.save_model:
-        utils.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="iqlearn")
-        blob = {"critics": critics.state_dict(), "actor": actor.state_dict(), "alpha": float(log_alpha.detach().exp()),
-                "gamma": args.gamma, "hidden": list(args.hidden), "env_id": env_id}  # fmt: skip
-        utils.atomic_torch_save(blob, run.dir / "reward.pt")
+        envs.save_policy(run.dir / "model.pt", m.actor, spec, args.hidden, algo="iqlearn")
+        blob = {"critics": m.critics.state_dict(), "actor": m.actor.state_dict(), "gamma": args.gamma,
+                "alpha": float(m.log_alpha.detach().exp()), "hidden": list(args.hidden), "env_id": env_id}  # fmt: skip
+        envs.atomic_torch_save(blob, run.dir / "reward.pt")
     run.close()
     return final
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "iqlearn")
+    runs.run_cli(main, Args, "iqlearn")

@@ -51,12 +51,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
 class Args:
-    # ---- common to every cleanil algorithm
+    # Defaults below (no per-env config files: evaluation is exact and runs take seconds); flags override them.
+    # ---- run plumbing, common to every cleanil algorithm
     env: str = "FrozenLake-v1"
     """environment: a gymnasium id whose unwrapped env has a transition table P, or RandomMDP"""
     seed: int = 0
@@ -93,7 +94,7 @@ class Args:
     """run directory (runs/<name>) to continue from its checkpoint, with its saved settings as defaults"""
     checkpoint_every: int = 100
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
-    # ---- maximum causal entropy IRL
+    # ---- the algorithm: maximum causal entropy IRL
     env_kwargs: str = "{}"
     """keyword arguments for gym.make as JSON, e.g. '{"is_slippery": false}' for FrozenLake"""
     horizon: int | None = None
@@ -126,7 +127,7 @@ class Args:
     """number of possible next states of each state-action pair of --env RandomMDP"""
 
 
-# ----------------------------------------------------------------------------- tabular MDPs
+# -------------------------------------------------------------------- tabular MDPs (the algorithm)
 @dataclass
 class TabularMDP:
     """Dynamics T[s, a, s'], true reward r[s, a], initial distribution; the last state is absorbing."""
@@ -151,11 +152,11 @@ def mdp_from_env(env_id: str, env_kwargs: dict, horizon: int | None) -> TabularM
     try:
         env = gym.make(env_id, **env_kwargs)
     except TypeError as e:
-        raise utils.CleanILError(f"--env-kwargs do not fit {env_id}: {e}") from None
+        raise envs.CleanILError(f"--env-kwargs do not fit {env_id}: {e}") from None
     table = getattr(env.unwrapped, "P", None)
     n = env.observation_space.n if isinstance(env.observation_space, gym.spaces.Discrete) else None
     if table is None or n is None or not isinstance(env.action_space, gym.spaces.Discrete):
-        raise utils.CleanILError(
+        raise envs.CleanILError(
             f"mce_irl needs known dynamics: {env_id} has no transition table P over discrete "
             "states and actions (try FrozenLake-v1, CliffWalking-v1, Taxi-v4 or RandomMDP)"
         )
@@ -230,7 +231,7 @@ class RewardNet(nn.Module):
         self.register_buffer("index", index)
         n_features, width = int(index.max()) + 1, 1 if kind == "linear" else hidden[0]
         self.first = nn.Linear(n_features, width, bias=kind != "linear", dtype=torch.float64)
-        self.rest = None if kind == "linear" else nn.Sequential(nn.ReLU(), utils.mlp(width, 1, hidden[1:]).double())
+        self.rest = None if kind == "linear" else nn.Sequential(nn.ReLU(), nets.mlp(width, 1, hidden[1:]).double())
         if kind == "linear":
             nn.init.zeros_(self.first.weight)
 
@@ -241,7 +242,7 @@ class RewardNet(nn.Module):
         return torch.cat([r[:-1], torch.zeros_like(r[-1:])])
 
 
-# ----------------------------------------------------------------------------- soft planning
+# ------------------------------------------------------------------- soft planning (the algorithm)
 def value_iteration(
     reward: torch.Tensor,
     T: Dynamics,
@@ -314,7 +315,7 @@ def expected_return(rho: torch.Tensor, reward: torch.Tensor) -> float:
     return float((rho * reward).sum())
 
 
-# ----------------------------------------------------------------------------- loss
+# ---------------------------------------------------------------------------- loss (the algorithm)
 def mce_loss(reward: torch.Tensor, rho_expert: torch.Tensor, rho_learner: torch.Tensor) -> torch.Tensor:
     """Surrogate whose gradient is minus the MCE log-likelihood gradient:
     L(theta) = sum_{s,a} (rho_theta(s, a) - rho_E(s, a)) r_theta(s, a), with rho_theta held fixed,
@@ -323,13 +324,13 @@ def mce_loss(reward: torch.Tensor, rho_expert: torch.Tensor, rho_learner: torch.
     return (diff * reward).sum()
 
 
-# ----------------------------------------------------------------------------- demonstrations
+# ------------------------------------------------------------------- demonstrations (run plumbing)
 def sample_trajectories(log_pi: torch.Tensor, mdp: TabularMDP, num: int, seed: int) -> dict:
     """Sample ``num`` trajectories of length H from the (time-dependent) policy, stopping at the
     absorbing state; returned in the demo format with integer obs and actions."""
     rng = np.random.default_rng(seed)
     pi, T, init = log_pi.exp().cpu().numpy(), mdp.transitions.cpu().numpy(), mdp.init.cpu().numpy()
-    absorbing, out = mdp.n_states - 1, {k: [] for k in utils.DEMO_KEYS}
+    absorbing, out = mdp.n_states - 1, {k: [] for k in envs.DEMO_KEYS}
     for _ in range(num):
         s = rng.choice(mdp.n_states, p=init)
         for t in range(mdp.horizon):
@@ -338,7 +339,7 @@ def sample_trajectories(log_pi: torch.Tensor, mdp: TabularMDP, num: int, seed: i
             s2 = rng.choice(mdp.n_states, p=T[s, a])
             terminated, truncated = s2 == absorbing, t == mdp.horizon - 1 and s2 != absorbing
             row = (s, a, float(mdp.reward[s, a]), s if terminated else s2, terminated, truncated)
-            for k, v in zip(utils.DEMO_KEYS, row, strict=True):
+            for k, v in zip(envs.DEMO_KEYS, row, strict=True):
                 out[k].append(v)
             if terminated:
                 break
@@ -363,11 +364,11 @@ def demo_occupancy(demos: dict, mdp: TabularMDP, gamma: float, horizon: int | No
 
 def load_tabular_demos(path: str, env_id: str, mdp: TabularMDP, num: int) -> dict:
     """A user's .npz: integer obs in [0, S) and actions in [0, A), episodes marked as in the README."""
-    spec = utils.EnvSpec(env_id, mdp.n_states - 1, True, mdp.n_actions, obs_discrete=True)
-    return utils.first_episodes(utils.load_demo_file(path, spec), num, path)
+    spec = envs.EnvSpec(env_id, mdp.n_states - 1, True, mdp.n_actions, obs_discrete=True)
+    return envs.first_episodes(envs.load_demo_file(path, spec), num, path)
 
 
-# ----------------------------------------------------------------------------- outputs
+# -------------------------------------------------------------------------- outputs (run plumbing)
 def save_heat_map(path: str, mdp: TabularMDP, learned: torch.Tensor) -> None:
     """Learned and true reward per state (mean over actions) side by side, as a PNG."""
     import matplotlib
@@ -391,29 +392,30 @@ def save_heat_map(path: str, mdp: TabularMDP, learned: torch.Tensor) -> None:
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- training
+# -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    device = utils.get_device(args.device)
+    device = runs.get_device(args.device)
+    runs.check_budget(args, names=("total_steps", "eval_every"))  # evaluation is exact: no episodes
     if args.infinite and not 0 <= args.gamma < 1:
-        raise utils.CleanILError(f"--infinite needs --gamma in [0, 1), got {args.gamma}")
+        raise envs.CleanILError(f"--infinite needs --gamma in [0, 1), got {args.gamma}")
     if args.expert_temperature <= 0:
-        raise utils.CleanILError(f"--expert-temperature must be positive, got {args.expert_temperature}")
+        raise envs.CleanILError(f"--expert-temperature must be positive, got {args.expert_temperature}")
     if args.env == "RandomMDP":
         mdp = random_mdp(
             args.random_mdp_states, args.random_mdp_actions, args.random_mdp_branching, args.horizon, args.seed
         )
         env_id = "RandomMDP"
     else:
-        env_id = utils.resolve_env_id(args.env)
+        env_id = envs.resolve_env_id(args.env)
         try:
             env_kwargs = json.loads(args.env_kwargs)
         except json.JSONDecodeError as e:
-            raise utils.CleanILError(f"--env-kwargs is not valid JSON: {e}") from None
+            raise envs.CleanILError(f"--env-kwargs is not valid JSON: {e}") from None
         mdp = mdp_from_env(env_id, env_kwargs, args.horizon)
     T, init = Dynamics.from_dense(mdp.transitions.to(device)), mdp.init.to(device)
     true_reward = mdp.reward.to(device)
     horizon = None if args.infinite else mdp.horizon
-    utils.set_seed(args.seed)
+    runs.set_seed(args.seed)
     torch.set_flush_denormal(True)  # probabilities of actions the reward rules out underflow; keep them fast
 
     def solve(reward: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,7 +450,7 @@ def main(args: Args) -> dict:
     reward_net = RewardNet(index, args.reward_net, args.hidden).to(device)
     optimizer = torch.optim.Adam(reward_net.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / args.total_steps)
-    run = utils.Run(args, "mce_irl", env_id, args.total_steps)
+    run = runs.Run(args, "mce_irl", env_id, args.total_steps)
     run.restore({"reward_net": reward_net, "optimizer": optimizer, "schedule": schedule})
     print(
         f"{env_id}: {mdp.n_states - 1} states + absorbing, {mdp.n_actions} actions, "
@@ -456,7 +458,7 @@ def main(args: Args) -> dict:
         f"{expert_return:.3f}, random {random_return:.3f}, optimal {optimal_return(true_reward):.3f}"
     )
 
-    start, bar = time.time(), utils.progress(args.total_steps, "mce_irl", run.start)
+    start, bar = time.time(), runs.progress(args.total_steps, "mce_irl", run.start)
     for step in range(run.start + 1, args.total_steps + 1):
         reward = reward_net()
         log_pi, rho = solve(reward.detach())
@@ -497,7 +499,7 @@ def main(args: Args) -> dict:
     )
 
     if args.save_model:
-        utils.atomic_torch_save(
+        envs.atomic_torch_save(
             {
                 "env_id": env_id,
                 "reward": learned.cpu(),
@@ -515,4 +517,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "mce_irl")
+    runs.run_cli(main, Args, "mce_irl")

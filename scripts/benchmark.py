@@ -37,7 +37,7 @@ from typing import Literal
 
 import tyro
 
-from cleanil import utils
+from cleanil import envs, runs
 
 ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "mce_irl", "drlhp", "sac")
 # sac: the RL reference on the env's true reward (scripts/train_expert.py, settings from
@@ -102,8 +102,8 @@ def record_path(out_dir: str, algo: str, env_id: str, seed: int, tag: str = "") 
 def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     """Run one training process and turn its metrics.jsonl into a benchmark record."""
     variant = f"{algo}__{args.tag}" if args.tag else algo
-    run_root = (utils.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
-    run_dir_flag = os.path.relpath(run_root, utils.REPO_ROOT)
+    run_root = (envs.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
+    run_dir_flag = os.path.relpath(run_root, envs.REPO_ROOT)
     extra = shlex.split(args.extra.replace("{seed}", str(seed)).replace("{env}", env_id))
     cmd = [sys.executable, SCRIPTS[algo], "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
            "--run-name", "run", *extra]  # fmt: skip
@@ -113,7 +113,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     run_dir = run_root / "run"
     resumed = (run_dir / "checkpoint.pt").exists() and not args.force  # an interrupted run: continue it
     # otherwise start afresh, replacing what a failed run (or one rerun with --force) left
-    flags = ["--resume", os.path.relpath(run_dir, utils.REPO_ROOT)] if resumed else ["--overwrite"]
+    flags = ["--resume", os.path.relpath(run_dir, envs.REPO_ROOT)] if resumed else ["--overwrite"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     log = run_root.with_suffix(".log")
@@ -121,7 +121,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     if STOP.is_set():
         return f"not started {algo} {env_id} seed {seed}"
     with open(log, "a" if resumed else "w") as f:
-        proc = subprocess.Popen(cmd + flags, cwd=utils.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd + flags, cwd=envs.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         RUNNING.add(proc)
         proc.wait()
         RUNNING.discard(proc)
@@ -162,24 +162,24 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
 
 def make_grid(args: Args, seeds_given: bool) -> list[tuple[str, str, int]]:
     """(algo, env id, seed) runs: --algos x --envs, or a suite's algorithms on their envs."""
-    exists = {a for a in ALGOS if (utils.REPO_ROOT / SCRIPTS[a]).exists()}
+    exists = {a for a in ALGOS if (envs.REPO_ROOT / SCRIPTS[a]).exists()}
     if args.suite is None:
         unknown = [a for a in args.algos if a not in exists]
         if unknown:
-            raise utils.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
+            raise envs.CleanILError(f"unknown or missing algorithm(s) {', '.join(unknown)}; choose from {ALGOS}")
         pairs = [(a, e) for a in args.algos for e in args.envs]
         seeds = args.seeds
     else:
         suites = ("classic", "mujoco") if args.suite == "all" else (args.suite,)
         pairs = [(a, e, name) for name in suites for a, envs in SUITES[name].items() if a in exists for e in envs]
         seeds = {name: args.seeds if seeds_given else SUITE_SEEDS[name] for name in suites}
-        return [(a, utils.resolve_env_id(e), s) for a, e, name in pairs
+        return [(a, envs.resolve_env_id(e), s) for a, e, name in pairs
                 for s in range(args.first_seed, args.first_seed + seeds[name])]  # fmt: skip
-    return [(a, utils.resolve_env_id(e), s) for a, e in pairs for s in range(args.first_seed, args.first_seed + seeds)]
+    return [(a, envs.resolve_env_id(e), s) for a, e in pairs for s in range(args.first_seed, args.first_seed + seeds)]
 
 
 def main(args: Args) -> None:
-    grid = make_grid(args, utils.flag_value(sys.argv[1:], "seeds") is not None)
+    grid = make_grid(args, runs.flag_value(sys.argv[1:], "seeds") is not None)
     todo = [g for g in grid if args.force or not record_path(args.out_dir, *g, args.tag).exists()]
     print(f"{len(grid)} runs, {len(grid) - len(todo)} already recorded, {len(todo)} to go, {args.jobs} at a time")
     if args.dry_run:
@@ -196,14 +196,14 @@ def main(args: Args) -> None:
             failed += line.startswith("FAILED")
             print(f"[{i}/{len(todo)}] {line}", flush=True)
     if STOP.is_set():
-        raise utils.CleanILError("stopped by a signal; the same command continues the unfinished runs")
+        raise envs.CleanILError("stopped by a signal; the same command continues the unfinished runs")
     if failed:
-        raise utils.CleanILError(f"{failed} of {len(todo)} run(s) failed; their logs are named above")
+        raise envs.CleanILError(f"{failed} of {len(todo)} run(s) failed; their logs are named above")
 
 
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except utils.CleanILError as e:
+    except envs.CleanILError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

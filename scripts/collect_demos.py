@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cleanil import utils
+from cleanil import envs, runs
 
 
 @dataclass
@@ -31,15 +31,15 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
     if args.num_demos < 1:
-        raise utils.CleanILError(f"--num-demos must be at least 1, got {args.num_demos}")
-    actor = utils.load_expert(env_id) if args.policy is None else utils.load_policy(args.policy, spec)
-    policy = utils.numpy_policy(actor, torch.device("cpu"))
-    result = utils.rollout(policy, env_id, args.num_demos, utils.DEMO_SEED_BASE + 10_000 * args.seed, record=True)
-    data = utils.validate_demos(result["transitions"], spec, args.out)
-    utils.save_demo_file(args.out, data)
+        raise envs.CleanILError(f"--num-demos must be at least 1, got {args.num_demos}")
+    actor = envs.load_expert(env_id) if args.policy is None else envs.load_policy(args.policy, spec)
+    policy = envs.numpy_policy(actor, torch.device("cpu"))
+    result = envs.rollout(policy, env_id, args.num_demos, envs.DEMO_SEED_BASE + 10_000 * args.seed, record=True)
+    data = envs.validate_demos(result["transitions"], spec, args.out)
+    envs.save_demo_file(args.out, data)
     returns = result["returns"]
     print(f"wrote {args.num_demos} episodes ({len(data['obs'])} transitions) to {Path(args.out)}: "
           f"return {returns.mean():.1f} +- {returns.std():.1f}")  # fmt: skip
@@ -47,4 +47,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "collect_demos")
+    runs.run_cli(main, Args, "collect_demos")

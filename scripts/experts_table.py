@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tyro
 
-from cleanil import utils
+from cleanil import envs
 
 # Minimum mean return a shipped expert should reach (the project's targets).
 TARGETS = {
@@ -27,7 +27,7 @@ TARGETS = {
 
 @dataclass
 class Args:
-    expert_dir: str = str(utils.EXPERT_DIR)
+    expert_dir: str = str(envs.EXPERT_DIR)
     """folder holding the shipped <EnvId>.json metadata files"""
     out: str = "benchmark_results/experts.md"
     """markdown file to write"""

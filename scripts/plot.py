@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanil import utils
+from cleanil import envs, runs
 
 REACH = 0.9  # the "reaches" column: the step by which every seed's normalized return has been >= this
 
@@ -48,7 +48,7 @@ def load_records(root: Path) -> dict[tuple[str, str], list[dict]]:
             rec = json.loads(path.read_text())
             groups[(path.parent.name, rec["env"])].append(rec)
         except (json.JSONDecodeError, KeyError) as e:
-            raise utils.CleanILError(f"benchmark record {path} is unreadable ({e})") from None
+            raise envs.CleanILError(f"benchmark record {path} is unreadable ({e})") from None
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(groups.items())}
 
 
@@ -122,9 +122,9 @@ def table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
 def headline(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     """Env x algorithm table of final normalized return (default settings only, no tagged variants)."""
     algos = sorted({v for v, _ in groups if "__" not in v})
-    envs = sorted({e for v, e in groups if "__" not in v})
+    env_ids = sorted({e for v, e in groups if "__" not in v})
     lines = ["| env | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
-    for env in envs:
+    for env in env_ids:
         cells = []
         for algo in algos:
             recs = groups.get((algo, env))
@@ -174,7 +174,7 @@ def write_between_markers(path: Path, lines: list[str]) -> None:
     text = path.read_text()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start not in text or end not in text:
-        raise utils.CleanILError(f"{path} has no {start} ... {end} markers")
+        raise envs.CleanILError(f"{path} has no {start} ... {end} markers")
     head, rest = text.split(start, 1)
     path.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
 
@@ -213,11 +213,11 @@ def plot_env(env: str, groups: dict[tuple[str, str], list[dict]], path: Path, by
 
 
 def main(args: Args) -> None:
-    root, out = utils.REPO_ROOT / args.records, utils.REPO_ROOT / args.out_dir
+    root, out = envs.REPO_ROOT / args.records, envs.REPO_ROOT / args.out_dir
     groups = load_records(root)
     if not groups:
-        raise utils.CleanILError(f"no benchmark records under {root}")
-    envs = sorted({env for _, env in groups})
+        raise envs.CleanILError(f"no benchmark records under {root}")
+    env_ids = sorted({env for _, env in groups})
     query_envs = sorted({env for (_, env), recs in groups.items() if has_queries(recs)})
     rewards, against_sac = reward_table(groups), sac_table(groups)
     lines = [
@@ -263,7 +263,7 @@ def main(args: Args) -> None:
         ),
         "## Learning curves",
         "",
-        *[f"![{env}](curves/{env}.png)" for env in envs],
+        *[f"![{env}](curves/{env}.png)" for env in env_ids],
         "",
         *(
             [
@@ -279,7 +279,7 @@ def main(args: Args) -> None:
     (out / "README.md").write_text("\n".join(lines))
     print(f"wrote {out / 'README.md'} ({len(groups)} algorithm x env rows)")
     if args.readme:
-        write_between_markers(utils.REPO_ROOT / args.readme, headline(groups))
+        write_between_markers(envs.REPO_ROOT / args.readme, headline(groups))
         print(f"updated the results table in {args.readme}")
     if args.plots:
         for env in envs:
@@ -290,4 +290,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "plot")
+    runs.run_cli(main, Args, "plot")

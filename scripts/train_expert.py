@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 
-from cleanil import utils
+from cleanil import envs, nets, runs
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Args:
     """write runs/<run>/checkpoint.pt every this many env steps; also at the end and on Ctrl-C/SIGTERM"""
     resume: str | None = None
     """run directory (runs/<name>) to continue from its last checkpoint, with its saved settings as defaults"""
-    out_dir: str = str(utils.EXPERT_DIR)
+    out_dir: str = str(envs.EXPERT_DIR)
     """where to write <EnvId>.pt and <EnvId>.json"""
     replace: bool = False
     """replace an existing expert even if the new one scores lower"""
@@ -126,12 +126,12 @@ class Args:
 
 # ----------------------------------------------------------------------------- checkpoints
 class Run:
-    """Counters, evaluation and best-policy tracking shared by the three trainers, around utils.Run
+    """Counters, evaluation and best-policy tracking shared by the three trainers, around runs.Run
     (checkpoints, --resume, Ctrl-C/SIGTERM, the NaN guard)."""
 
-    def __init__(self, args: Args, spec: utils.EnvSpec, algo: str):
+    def __init__(self, args: Args, spec: envs.EnvSpec, algo: str):
         self.args, self.spec = args, spec
-        self.logger = utils.Run(args, f"expert_{algo}", spec.env_id, args.total_steps)
+        self.logger = runs.Run(args, f"expert_{algo}", spec.env_id, args.total_steps)
         self.dir, self.step, self.best = self.logger.dir, self.logger.start, -float("inf")
         self.next_eval = (self.step // args.eval_every + 1) * args.eval_every
 
@@ -144,28 +144,28 @@ class Run:
         """Call after each env step (PPO: each rollout): evaluate, keep the best policy, checkpoint when due."""
         if self.step >= self.next_eval or self.step >= self.args.total_steps:
             self.next_eval += self.args.eval_every
-            policy = utils.numpy_policy(actor, device)
-            metrics = utils.evaluate(policy, self.spec.env_id, self.args.eval_episodes, self.args.seed)
+            policy = envs.numpy_policy(actor, device)
+            metrics = envs.evaluate(policy, self.spec.env_id, self.args.eval_episodes, self.args.seed)
             self.logger.log(self.step, metrics, env_steps=self.step)
             if metrics["eval/return"] > self.best:
                 self.best = metrics["eval/return"]
-                utils.save_policy(self.dir / "best.pt", actor, self.spec, self.args.hidden)
+                envs.save_policy(self.dir / "best.pt", actor, self.spec, self.args.hidden)
         self.logger.tick(self.step)
 
 
 # ----------------------------------------------------------------------------- PPO
-def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
     if not spec.discrete:
-        raise utils.CleanILError("train_expert's PPO handles discrete actions only; use --algo sac")
-    actor = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
-    critic = utils.mlp(spec.obs_dim, 1, args.hidden).to(device)
+        raise envs.CleanILError("train_expert's PPO handles discrete actions only; use --algo sac")
+    actor = nets.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+    critic = nets.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
-    envs = utils.make_vec_env(spec.env_id, args.num_envs)
+    vec_env = envs.make_vec_env(spec.env_id, args.num_envs)
     run.restore({"actor": actor, "critic": critic, "optimizer": optimizer})
-    obs = torch.as_tensor(envs.reset(seed=args.seed + run.step)[0], device=device)
+    obs = torch.as_tensor(vec_env.reset(seed=args.seed + run.step)[0], device=device)
     n, T = args.num_envs, args.num_steps
-    bar = utils.progress(args.total_steps, "ppo", run.step)
+    bar = runs.progress(args.total_steps, "ppo", run.step)
     while run.step < args.total_steps:
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.lr * (1 - run.step / args.total_steps)
@@ -177,10 +177,10 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
                 dist = torch.distributions.Categorical(logits=actor(obs))
                 action = dist.sample()
                 buf["val"][t] = critic(obs).squeeze(-1)
-            next_obs, rew, term, trunc, info = envs.step(action.cpu().numpy())
+            next_obs, rew, term, trunc, info = vec_env.step(action.cpu().numpy())
             rew = torch.as_tensor(rew, dtype=torch.float32, device=device)
             if trunc.any():  # a time-limit end is not a real end: bootstrap from the final observation
-                final = torch.as_tensor(utils.true_next_obs(next_obs, info), device=device)
+                final = torch.as_tensor(envs.true_next_obs(next_obs, info), device=device)
                 with torch.no_grad():
                     rew += args.gamma * critic(final).squeeze(-1) * torch.as_tensor(trunc & ~term, device=device)
             buf["obs"][t], buf["act"][t], buf["logp"][t] = obs, action, dist.log_prob(action)
@@ -223,15 +223,15 @@ def train_ppo(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
 
 
 # ----------------------------------------------------------------------------- DQN and SAC share the replay loop
-def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run, act_fn, update_fn,
+def off_policy_loop(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run, act_fn, update_fn,
                     actor: torch.nn.Module, modules: dict, name: str) -> None:  # fmt: skip
     """Step one env, store (s, a, r, s', terminated), call ``update_fn(batch)`` when due."""
-    rb = utils.make_replay_buffer(args.buffer_size, args.batch_size, device)
+    rb = nets.make_replay_buffer(args.buffer_size, args.batch_size, device)
     run.restore(modules | {"replay": rb})
-    env = utils.make_vec_env(spec.env_id, 1)
+    env = envs.make_vec_env(spec.env_id, 1)
     env.single_action_space.seed(args.seed + run.step)
     obs = env.reset(seed=args.seed + run.step)[0]
-    bar = utils.progress(args.total_steps, name, run.step)
+    bar = runs.progress(args.total_steps, name, run.step)
     metrics: dict = {}
     while run.step < args.total_steps:
         if run.step < args.learning_starts:
@@ -239,8 +239,8 @@ def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: 
         else:
             action = act_fn(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         next_obs, rew, term, trunc, info = env.step(action)
-        real_next = utils.true_next_obs(next_obs, info)
-        rb.extend(utils.to_tensordict({"obs": obs.astype(np.float32), "act": action, "rew": rew.astype(np.float32),
+        real_next = envs.true_next_obs(next_obs, info)
+        rb.extend(nets.to_tensordict({"obs": obs.astype(np.float32), "act": action, "rew": rew.astype(np.float32),
                                        "next_obs": real_next.astype(np.float32), "term": term.astype(np.float32)},
                                       device))  # fmt: skip
         obs = next_obs
@@ -255,10 +255,10 @@ def off_policy_loop(args: Args, spec: utils.EnvSpec, device: torch.device, run: 
     bar.close()
 
 
-def train_dqn(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+def train_dqn(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
     if not spec.discrete:
-        raise utils.CleanILError("DQN needs discrete actions; use --algo sac")
-    q = utils.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
+        raise envs.CleanILError("DQN needs discrete actions; use --algo sac")
+    q = nets.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # logits = Q-values
     q_target = copy.deepcopy(q)
     optimizer = torch.optim.Adam(q.parameters(), lr=args.lr)
     decay_steps = max(1, int(args.exploration_fraction * args.total_steps))
@@ -294,16 +294,16 @@ class QNetwork(torch.nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
         super().__init__()
-        self.net = utils.mlp(obs_dim + act_dim, 1, hidden)
+        self.net = nets.mlp(obs_dim + act_dim, 1, hidden)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, act], -1)).squeeze(-1)
 
 
-def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
+def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
     if spec.discrete:
-        raise utils.CleanILError("train_expert's SAC handles continuous actions only; use --algo ppo or dqn")
-    actor = utils.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
+        raise envs.CleanILError("train_expert's SAC handles continuous actions only; use --algo ppo or dqn")
+    actor = nets.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
     critics = torch.nn.ModuleList([QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)])
     critics = critics.to(device)
@@ -352,23 +352,23 @@ def train_sac(args: Args, spec: utils.EnvSpec, device: torch.device, run: Run) -
 
 # ----------------------------------------------------------------------------- main
 def main(args: Args) -> dict:
-    env_id = utils.resolve_env_id(args.env)
-    spec = utils.env_spec(env_id)
-    device = utils.get_device(args.device)
+    env_id = envs.resolve_env_id(args.env)
+    spec = envs.env_spec(env_id)
+    device = runs.get_device(args.device)
     algo = args.algo or ("ppo" if spec.discrete else "sac")
-    utils.set_seed(args.seed)
+    runs.set_seed(args.seed)
     run = Run(args, spec, algo)
     start = time.time()
     {"ppo": train_ppo, "dqn": train_dqn, "sac": train_sac}[algo](args, spec, device, run)
     train_seconds = time.time() - run.logger.start_time
 
     # score the best policy and the random policy on seeds used nowhere else
-    best = utils.load_policy(run.dir / "best.pt", spec).to(device)
-    seeds = utils.EXPERT_EVAL_SEED_BASE
-    expert = utils.rollout(utils.numpy_policy(best, device), env_id, args.final_eval_episodes, seeds)["returns"]
-    space = gym.vector.utils.batch_space(gym.make(env_id).action_space, utils.ROLLOUT_CHUNK)
+    best = envs.load_policy(run.dir / "best.pt", spec).to(device)
+    seeds = envs.EXPERT_EVAL_SEED_BASE
+    expert = envs.rollout(envs.numpy_policy(best, device), env_id, args.final_eval_episodes, seeds)["returns"]
+    space = gym.vector.utils.batch_space(gym.make(env_id).action_space, envs.ROLLOUT_CHUNK)
     space.seed(args.seed)
-    rand = utils.rollout(lambda obs: space.sample(), env_id, args.final_eval_episodes, seeds)["returns"]
+    rand = envs.rollout(lambda obs: space.sample(), env_id, args.final_eval_episodes, seeds)["returns"]
     meta = {"env_id": env_id, "algo": algo, "return_mean": float(expert.mean()), "return_std": float(expert.std()),
             "random_return_mean": float(rand.mean()), "random_return_std": float(rand.std()),
             "eval_episodes": args.final_eval_episodes, "total_steps": args.total_steps,
@@ -376,8 +376,8 @@ def main(args: Args) -> dict:
             "command": "python " + json.loads((run.dir / "config.json").read_text())["command"],
             "resumed_with": "python scripts/train_expert.py " + " ".join(sys.argv[1:]) if args.resume else None,
             "seed": args.seed,
-            "hidden": list(args.hidden), "git": utils.git_revision(), "versions": utils.versions(),
-            "machine": utils.machine()}  # fmt: skip
+            "hidden": list(args.hidden), "git": runs.git_revision(), "versions": runs.versions(),
+            "machine": runs.machine()}  # fmt: skip
     print(f"{env_id}: expert {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, random {rand.mean():.1f} "
           f"over {args.final_eval_episodes} episodes")  # fmt: skip
     (run.dir / "expert.json").write_text(json.dumps(meta, indent=2))
@@ -385,7 +385,7 @@ def main(args: Args) -> dict:
     old = json.loads(out_json.read_text())["return_mean"] if out_json.exists() else -float("inf")
     if args.replace or meta["return_mean"] > old:
         out_pt.parent.mkdir(parents=True, exist_ok=True)
-        utils.save_policy(out_pt, best, spec, args.hidden)
+        envs.save_policy(out_pt, best, spec, args.hidden)
         out_json.write_text(json.dumps(meta, indent=2) + "\n")
         print(f"wrote {out_pt} and {out_json}")
     else:
@@ -395,4 +395,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, Args, "train_expert")
+    runs.run_cli(main, Args, "train_expert")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -36,3 +38,13 @@ def only_run_dir(root: Path) -> Path:
 
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_script(name: str) -> ModuleType:
+    """Import scripts/<name>.py by its path (scripts/ is not a package, and nothing is put on sys.path)."""
+    if f"scripts.{name}" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(f"scripts.{name}", REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their module's annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[f"scripts.{name}"]

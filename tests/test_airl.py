@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import airl, utils
+from cleanil import airl, nets
 
 
 def test_airl_logit_is_log_odds_of_d():
@@ -46,14 +46,14 @@ def test_reward_net_is_g_plus_shaping(state_only):
 
 def test_log_pi_of_stored_actions():
     torch.manual_seed(0)
-    actor = utils.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
+    actor = nets.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
     obs = torch.randn(6, 2)
     a, logp = actor.sample(obs)
     aug = torch.cat([obs, torch.zeros(6, 1)], 1)
     assert torch.allclose(airl.log_pi(actor, aug, a, discrete=False), logp, atol=1e-3)
     aug[0, -1] = 1  # the absorbing state has a single action: log pi = 0
     assert airl.log_pi(actor, aug, a, discrete=False)[0].item() == 0.0
-    cat = utils.CategoricalActor(2, 3, (16,))
+    cat = nets.CategoricalActor(2, 3, (16,))
     onehot = torch.eye(3)[torch.tensor([0, 2, 1, 1, 0, 2])]
     expected = torch.log_softmax(cat(obs), -1)[torch.arange(6), torch.tensor([0, 2, 1, 1, 0, 2])]
     assert torch.allclose(airl.log_pi(cat, aug, onehot, discrete=True)[1:], expected[1:])
@@ -61,7 +61,7 @@ def test_log_pi_of_stored_actions():
 
 def test_log_pi_floor_at_the_uniform_policy():
     torch.manual_seed(0)
-    actor = utils.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
+    actor = nets.TanhGaussianActor(2, 2, np.array([-2.0, -1.0]), np.array([2.0, 1.0]), (16,))
     obs = torch.cat([torch.randn(3, 2), torch.zeros(3, 1)], 1)
     far = torch.tensor([[2.0, -1.0], [-2.0, 1.0], [1.999, 0.999]])  # at the bounds: deep in the tails
     uniform = -math.log(4.0 * 2.0)  # the uniform density on [-2, 2] x [-1, 1]

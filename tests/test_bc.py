@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import bc, utils
+from cleanil import bc, envs
 
 TINY = ("--total-steps", "60", "--eval-every", "30", "--log-every", "20", "--eval-episodes", "2", "--num-demos", "2")
 
@@ -24,8 +24,8 @@ def test_discrete_loss_hand_computed():
 
 
 def test_continuous_loss_hand_computed():
-    spec = utils.env_spec("Pendulum-v1")  # actions in [-2, 2]: scale 2, bias 0
-    actor = utils.make_actor(spec, (4,))
+    spec = envs.env_spec("Pendulum-v1")  # actions in [-2, 2]: scale 2, bias 0
+    actor = envs.make_actor(spec, (4,))
     torch.nn.init.zeros_(actor.net[-1].weight)
     torch.nn.init.zeros_(actor.net[-1].bias)  # mean 0, log_std = -5 + 3.5 * (tanh(0) + 1) = -1.5
     out = bc.bc_loss_continuous(actor, torch.zeros(1, 3), torch.zeros(1, 1), ent_weight=0.1)
@@ -56,7 +56,7 @@ def test_cli_smoke(tmp_path, env):
     assert [r["global_step"] for r in train] == [20, 40, 60] and all("val/nll" in r for r in train)
     assert [r["global_step"] for r in evals] == [30, 60] and all("eval/normalized_return" in r for r in evals)
     assert train[0]["train/nll"] != train[-1]["train/nll"]  # parameters moved
-    actor = utils.load_policy(run / "model.pt", utils.env_spec(utils.resolve_env_id(env)))
+    actor = envs.load_policy(run / "model.pt", envs.env_spec(envs.resolve_env_id(env)))
     assert actor is not None and (run / "config.json").exists()
 
 
@@ -80,7 +80,7 @@ def test_bad_input_gives_one_line_and_keeps_earlier_runs(tmp_path):
     assert run_cli("cleanil/bc.py", "--run-dir", str(runs), *TINY).returncode == 0
     before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
 
-    good = utils.load_demos("CartPole-v1", 2)
+    good = envs.load_demos("CartPole-v1", 2)
     wide = {
         **good,
         "obs": np.pad(good["obs"], ((0, 0), (0, 1))),
@@ -88,8 +88,8 @@ def test_bad_input_gives_one_line_and_keeps_earlier_runs(tmp_path):
     }
     nan = {**good, "obs": good["obs"].copy()}
     nan["obs"][3, 1] = np.nan
-    utils.save_demo_file(tmp_path / "wide.npz", wide)
-    utils.save_demo_file(tmp_path / "nan.npz", nan)
+    envs.save_demo_file(tmp_path / "wide.npz", wide)
+    envs.save_demo_file(tmp_path / "nan.npz", nan)
     cases = {
         ("--env", "NoSuchEnv"): "unknown environment 'NoSuchEnv'",
         ("--demos", str(tmp_path / "missing.npz")): "missing.npz does not exist",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics
 
-from cleanil import airl, drlhp, gail, iqlearn, utils
+from cleanil import airl, drlhp, gail, iqlearn, nets
 
 SAC = {"env": "Pendulum", "total_steps": 310, "learning_starts": 300, "log_every": 1, "eval_every": 310,
        "eval_episodes": 1, "hidden": (32, 32)}  # fmt: skip
@@ -52,7 +52,7 @@ def test_compile_failure_falls_back_to_eager_and_says_why(capsys):
     def step(x: torch.Tensor) -> torch.Tensor:
         return x * 2 if x.sum().item() > 0 else x - 1
 
-    compiled = utils.maybe_compile(step, True)
+    compiled = nets.maybe_compile(step, True)
     x = torch.ones(3)
     assert torch.equal(compiled(x), x * 2) and torch.equal(compiled(-x), -x - 1)
     err = capsys.readouterr().err

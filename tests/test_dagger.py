@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import dagger, utils
+from cleanil import dagger, envs
 
 TINY = ("--total-steps", "300", "--rounds", "3", "--updates-per-round", "20", "--eval-episodes", "2",
         "--hidden", "32", "32")  # fmt: skip
@@ -44,7 +44,7 @@ def test_labels_are_the_experts_and_every_round_is_kept(tmp_path):
     rows = read_metrics(only_run_dir(tmp_path / "runs"))
     assert [r["dataset_size"] for r in rows] == [100, 200, 300]
     assert all(r["beta"] == 0.0 and r["expert_action_share"] == 0.0 for r in rows)
-    saved = utils.load_demo_file(data, utils.env_spec("CartPole-v1"))  # a valid demo file
+    saved = envs.load_demo_file(data, envs.env_spec("CartPole-v1"))  # a valid demo file
     assert len(saved["obs"]) == 300 and (saved["actions"] == 1).all()
     # the executed actions were the learner's: they do not all push right (states would drift one way)
     assert (saved["terminated"] | saved["truncated"]).sum() >= 3
@@ -74,11 +74,11 @@ def test_saved_dataset_reloads_as_demos(tmp_path):
 
 
 def test_saved_policy_as_expert(tmp_path):
-    spec = utils.env_spec("Pendulum-v1")
-    utils.save_policy(tmp_path / "p.pt", utils.load_expert("Pendulum-v1"), spec, (256, 256))
+    spec = envs.env_spec("Pendulum-v1")
+    envs.save_policy(tmp_path / "p.pt", envs.load_expert("Pendulum-v1"), spec, (256, 256))
     fn = dagger.load_expert_fn(str(tmp_path / "p.pt"), spec)
     obs = np.array([1.0, 0.0, 0.5], np.float32)
-    expected = utils.numpy_policy(utils.load_expert("Pendulum-v1"), torch.device("cpu"))(obs[None])[0]
+    expected = envs.numpy_policy(envs.load_expert("Pendulum-v1"), torch.device("cpu"))(obs[None])[0]
     np.testing.assert_allclose(fn(obs), expected)
 
 
@@ -94,13 +94,13 @@ def test_saved_policy_as_expert(tmp_path):
     ],
 )
 def test_bad_expert_is_one_clear_error(tmp_path, expert, needle):
-    with pytest.raises(utils.CleanILError, match=None) as err:
+    with pytest.raises(envs.CleanILError, match=None) as err:
         dagger.main(dagger.Args(env="CartPole", expert=expert, run_dir=str(tmp_path), total_steps=10, rounds=1))
     assert needle in str(err.value)
 
 
 def test_demos_without_a_count_is_an_error(tmp_path):
-    with pytest.raises(utils.CleanILError, match="--demos needs --num-demos >= 1"):
+    with pytest.raises(envs.CleanILError, match="--demos needs --num-demos >= 1"):
         dagger.main(dagger.Args(env="CartPole", demos="d.npz", run_dir=str(tmp_path)))
 
 

@@ -6,17 +6,17 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from cleanil import utils
+from cleanil import envs
 
-SHIPPED = sorted(p.stem for p in utils.EXPERT_DIR.glob("*.json"))
+SHIPPED = sorted(p.stem for p in envs.EXPERT_DIR.glob("*.json"))
 
 
 @pytest.mark.parametrize("env_id", SHIPPED)
 def test_one_episode_scores_well_above_random(env_id):
-    meta = utils.load_expert_metadata(env_id)
-    policy = utils.numpy_policy(utils.load_expert(env_id), torch.device("cpu"))
-    ret = utils.rollout(policy, env_id, 1, seed=utils.EVAL_SEED_BASE - 1)["returns"][0]
-    assert utils.normalized_score(ret, env_id) > 0.5, (ret, meta["return_mean"], meta["random_return_mean"])
+    meta = envs.load_expert_metadata(env_id)
+    policy = envs.numpy_policy(envs.load_expert(env_id), torch.device("cpu"))
+    ret = envs.rollout(policy, env_id, 1, seed=envs.EVAL_SEED_BASE - 1)["returns"][0]
+    assert envs.normalized_score(ret, env_id) > 0.5, (ret, meta["return_mean"], meta["random_return_mean"])
 
 
 def test_experts_table_is_regenerated_byte_for_byte(tmp_path):

@@ -4,13 +4,14 @@ absorbing states, CLI smoke runs and bad input."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import airl, gail, utils
+from cleanil import airl, gail, nets
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -29,11 +30,6 @@ def test_discriminator_loss_hand_computed(mod):
     assert loss.item() == pytest.approx(LN2 + math.log(4.0))
 
 
-def penalized(mod, net):
-    """What each file's gradient_penalty takes: the tanh MLP itself (gail) or its value-and-gradient (airl)."""
-    return net if mod is gail else (lambda z: mod.tanh_mlp_input_grad(net, z))
-
-
 @pytest.mark.parametrize("mod", [gail, airl])
 def test_gradient_penalty_of_a_linear_discriminator(mod):
     """d(z) = w . z has gradient w everywhere: the penalty is (||w|| - 1)^2 whatever the interpolates."""
@@ -41,20 +37,22 @@ def test_gradient_penalty_of_a_linear_discriminator(mod):
     z_e, z_pi = torch.randn(64, 2), torch.randn(64, 2)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[3.0, 4.0]]))
-    assert mod.gradient_penalty(penalized(mod, net), z_e, z_pi).item() == pytest.approx(16.0)
+    assert mod.gradient_penalty(partial(mod.tanh_mlp_input_grad, net), z_e, z_pi).item() == pytest.approx(16.0)
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[0.6, 0.8]]))
-    assert mod.gradient_penalty(penalized(mod, net), z_e, z_pi).item() == pytest.approx(0.0, abs=1e-10)
+    assert mod.gradient_penalty(partial(mod.tanh_mlp_input_grad, net), z_e, z_pi).item() == pytest.approx(
+        0.0, abs=1e-10
+    )
     # differentiable: the penalty's gradient reaches the discriminator's weights
     tanh_net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    mod.gradient_penalty(penalized(mod, tanh_net), z_e, z_pi).backward()
+    mod.gradient_penalty(partial(mod.tanh_mlp_input_grad, tanh_net), z_e, z_pi).backward()
     assert tanh_net[0].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("mod", [gail, airl])
 def test_hand_written_input_gradient_matches_autograd(mod):
     torch.manual_seed(0)
-    net = utils.mlp(5, 1, (16, 8), torch.nn.Tanh)
+    net = nets.mlp(5, 1, (16, 8), torch.nn.Tanh)
     z = torch.randn(32, 5, requires_grad=True)
     value, grad = mod.tanh_mlp_input_grad(net, z)
     (expected,) = torch.autograd.grad(net(z).sum(), z)
@@ -94,8 +92,8 @@ def test_gail_discriminator_sees_no_action_in_the_absorbing_state():
 @pytest.mark.parametrize("mod", [gail, airl])
 def test_critic_target_bootstraps_through_the_absorbing_state(mod):
     torch.manual_seed(0)
-    actor = utils.TanhGaussianActor(2, 1, np.array([-1.0]), np.array([1.0]), (8,))
-    targets = utils.TwinQNetwork(3, 1, (8,))
+    actor = nets.TanhGaussianActor(2, 1, np.array([-1.0]), np.array([1.0]), (8,))
+    targets = nets.TwinQNetwork(3, 1, (8,))
     s_abs = torch.tensor([[0.0, 0.0, 1.0]])
     reward, gamma = torch.tensor([0.5]), 0.9
     y = mod.sac_critic_target(s_abs, reward, torch.ones(1), actor, targets, torch.tensor(0.2), gamma)
@@ -187,3 +185,13 @@ def test_bad_input_gets_one_line(tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     missing = run_cli("cleanil/gail.py", "--env", "Pendulum", "--demos", str(tmp_path / "none.npz"))
     assert missing.returncode == 2 and "none.npz" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("mod", [gail, airl])
+def test_sampled_expert_rows_are_whole_transitions(mod):
+    """Every array of a sampled batch holds the same rows: (s, a, s') stays one transition."""
+    obs = torch.arange(50.0).unsqueeze(-1)
+    data = {"obs": obs, "act": 2 * obs, "next_obs": obs + 1, "mask": torch.ones(50)}
+    batch = mod.sample_rows(data, 256)
+    assert torch.equal(batch["act"], 2 * batch["obs"]) and torch.equal(batch["next_obs"], batch["obs"] + 1)
+    assert len(batch["obs"].unique()) > 40  # drawn across the data, not one row repeated

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import mce_irl, utils
+from cleanil import envs, mce_irl
 
 GAMMAS = (0.0, 0.5, 0.99)
 
@@ -228,6 +228,6 @@ def test_env_without_a_table_is_one_line(tmp_path):
 )
 def test_bad_arguments_raise_clear_errors(tmp_path, changes, needle):
     args = mce_irl.Args(**{"env": "FrozenLake-v1", "run_dir": str(tmp_path), **changes})
-    with pytest.raises(utils.CleanILError, match=needle):
+    with pytest.raises(envs.CleanILError, match=needle):
         mce_irl.main(args)
     assert not any(tmp_path.iterdir())

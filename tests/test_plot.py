@@ -4,14 +4,12 @@ records; the area under the curve and the table rows on a small hand-made record
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, load_script, run_cli
 
-sys.path.insert(0, str(REPO / "scripts"))
-import plot  # noqa: E402
+plot = load_script("plot")
 
 
 def test_committed_tables_reproduce(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO, read_metrics, run_cli
 
-from cleanil import utils
+from cleanil import runs
 
 H = (32, 32)
 SAC = {"total_steps": 300, "learning_starts": 100, "eval_every": 150, "log_every": 50, "eval_episodes": 1,
@@ -95,13 +95,13 @@ def make_args(case: str, tmp_path, name: str, **more) -> tuple:
 
 def hook_tick(monkeypatch, action):
     """Call ``action(run, step)`` at the start of every Run.tick (the end of each step of a loop)."""
-    original = utils.Run.tick
+    original = runs.Run.tick
 
     def tick(self, step):
         action(self, step)
         original(self, step)
 
-    monkeypatch.setattr(utils.Run, "tick", tick)
+    monkeypatch.setattr(runs.Run, "tick", tick)
 
 
 def load_checkpoint(run_dir) -> dict:
@@ -131,7 +131,7 @@ def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
 
     hook_tick(monkeypatch, send_sigterm)
-    with pytest.raises(utils.RunStopped) as stopped:
+    with pytest.raises(runs.RunStopped) as stopped:
         mod.main(args)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert f"SIGTERM at step {k}" in str(stopped.value) and f"--resume {run_dir}" in str(stopped.value)
@@ -171,7 +171,7 @@ def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
     mod, args, k, _ = make_args("bc", tmp_path, "run")
     hook_tick(monkeypatch, lambda run, step: step == k and os.kill(os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN if pytest was started in the background
-    with pytest.raises(utils.RunStopped) as stopped:
+    with pytest.raises(runs.RunStopped) as stopped:
         mod.main(args)
     assert stopped.value.code == 130 and f"SIGINT at step {k}: checkpoint written" in str(stopped.value)
     assert load_checkpoint(tmp_path / "run")["step"] == k
@@ -189,7 +189,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, mo
                 next(net.parameters()).view(-1)[0] = float("nan")
 
     hook_tick(monkeypatch, poison)
-    with pytest.raises(utils.RunStopped) as stopped:
+    with pytest.raises(runs.RunStopped) as stopped:
         mod.main(args)
     message = str(stopped.value)
     assert stopped.value.code == 3 and "is not finite at step" in message and "last good checkpoint" in message
@@ -203,9 +203,9 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, mo
 def test_a_non_finite_loss_is_named(tmp_path):
     from cleanil import bc
 
-    run = utils.Run(bc.Args(run_dir=str(tmp_path), run_name="r"), "bc", "CartPole-v1", total=100)
+    run = runs.Run(bc.Args(run_dir=str(tmp_path), run_name="r"), "bc", "CartPole-v1", total=100)
     run.log(10, {"losses/critic": torch.tensor(1.0), "alpha": math.nan})  # only losses and parameters are guarded
-    with pytest.raises(utils.RunStopped, match=r"^losses/critic is not finite at step 50: stopped; no checkpoint"):
+    with pytest.raises(runs.RunStopped, match=r"^losses/critic is not finite at step 50: stopped; no checkpoint"):
         run.log(50, {"losses/critic": torch.tensor(math.inf)})
     assert [r["global_step"] for r in read_metrics(tmp_path / "r")] == [10]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import REPO, only_run_dir, read_metrics, run_cli
 
-from cleanil import utils
+from cleanil import envs
 
 EXPERT_TINY = ("--eval-episodes", "2", "--final-eval-episodes", "3", "--hidden", "16", "16", "--log-every", "50")
 
@@ -32,7 +32,7 @@ def test_train_expert_discrete_smoke(tmp_path, env, flags):
     assert meta["eval_episodes"] == 3 and meta["env_id"] == "CartPole-v1" and meta["algo"] == flags[1]
     rows = read_metrics(only_run_dir(tmp_path / "runs"))
     assert any(k.startswith("losses/") for r in rows for k in r)  # the update code ran
-    utils.load_policy(out / "CartPole-v1.pt", utils.env_spec("CartPole-v1"))
+    envs.load_policy(out / "CartPole-v1.pt", envs.env_spec("CartPole-v1"))
 
 
 def test_train_expert_sac_resume_continues_and_keeps_better_expert(tmp_path):
@@ -81,10 +81,10 @@ def test_collect_demos_writes_a_valid_deterministic_file(tmp_path):
     for path in (a, b):
         res = run_cli("scripts/collect_demos.py", "--env", "Pendulum", "--num-demos", "2", "--out", str(path))
         assert res.returncode == 0, res.stderr
-    spec = utils.env_spec("Pendulum-v1")
-    da, db = utils.load_demo_file(a, spec), utils.load_demo_file(b, spec)
+    spec = envs.env_spec("Pendulum-v1")
+    da, db = envs.load_demo_file(a, spec), envs.load_demo_file(b, spec)
     assert len(da["obs"]) == 400 and da["truncated"].sum() == 2
-    for k in utils.DEMO_KEYS:
+    for k in envs.DEMO_KEYS:
         np.testing.assert_array_equal(da[k], db[k])
     res = run_cli("scripts/collect_demos.py", "--env", "Pendulum", "--num-demos", "0", "--out", str(a))
     assert res.returncode == 2 and "--num-demos must be at least 1" in res.stderr

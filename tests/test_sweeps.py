@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tyro
 import yaml
-from conftest import REPO
+from conftest import REPO, load_script
 
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
@@ -63,15 +63,15 @@ def test_config_file_loads_into_the_script(path: Path, monkeypatch):
     and ``--env <EnvId>`` picks it up as defaults through the script's own parser."""
     import gymnasium as gym
 
-    from cleanil import utils
+    from cleanil import runs
 
     env_id = path.stem
     assert env_id in gym.registry, f"{path}: no gymnasium env {env_id}"
     algo = path.parent.name
-    module = importlib.import_module(f"scripts.{algo}" if algo == "train_expert" else f"cleanil.{algo}")
+    module = load_script(algo) if algo == "train_expert" else importlib.import_module(f"cleanil.{algo}")
     loaded = yaml.safe_load(path.read_text())
     monkeypatch.setattr("sys.argv", [algo, "--env", env_id])
-    parsed = utils.parse_args(module.Args, algo)
+    parsed = runs.parse_args(module.Args, algo)
     for name, value in loaded.items():
         expected = tuple(value) if isinstance(value, list) else value
         assert getattr(parsed, name) == expected, f"{path}: {name}"

@@ -1,0 +1,354 @@
+"""Environments and what runs in them: env ids and specs, shipped experts, demonstrations, evaluation.
+
+- ``resolve_env_id`` (aliases such as ``HalfCheetah``), ``env_spec`` (the spaces a script needs),
+  ``make_vec_env`` (SAME_STEP autoreset) and ``true_next_obs`` (the final observation of an ended episode).
+- Shipped experts under ``cleanil/experts/``: ``load_expert``, their metadata and ``normalized_score``.
+- Policies a script saves and loads (``save_policy``, ``load_policy``) and ``numpy_policy``.
+- ``rollout`` and ``evaluate`` (raw and normalized return, on reset seeds apart from the demonstrations').
+- Demonstrations: ``load_demos`` (a user's ``.npz`` file, or the shipped expert's, generated once and
+  cached under ``$CLEANIL_CACHE``), ``validate_demos`` and ``save_demo_file``.
+- ``CleanILError`` (a problem with the user's input, reported as one line) and ``atomic_torch_save``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cleanil import nets
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERT_DIR = Path(__file__).resolve().parent / "experts"
+ENV_ALIASES = {
+    "CartPole": "CartPole-v1",
+    "Acrobot": "Acrobot-v1",
+    "MountainCar": "MountainCar-v0",
+    "Pendulum": "Pendulum-v1",
+    "HalfCheetah": "HalfCheetah-v5",
+    "Hopper": "Hopper-v5",
+    "Walker2d": "Walker2d-v5",
+    "Ant": "Ant-v5",
+}
+# Disjoint reset-seed ranges, so that learners are never evaluated on the demonstrations' seeds.
+DEMO_SEED_BASE, EVAL_SEED_BASE, EXPERT_EVAL_SEED_BASE = 1_000_000, 2_000_000, 3_000_000
+DEMO_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
+ROLLOUT_CHUNK = 10  # episodes run side by side; fixed so episode k is identical whatever the count
+
+
+class CleanILError(Exception):
+    """A problem with the user's input or files, reported as one sentence without a traceback."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- environments
+def resolve_env_id(name: str) -> str:
+    """Map an alias (``HalfCheetah``) or a full gymnasium id to a registered gymnasium id."""
+    env_id = ENV_ALIASES.get(name, name)
+    if env_id not in gym.registry:
+        raise CleanILError(
+            f"unknown environment '{name}': use an alias ({', '.join(ENV_ALIASES)}) "
+            "or a registered gymnasium id such as 'HalfCheetah-v5'"
+        )
+    return env_id
+
+
+@dataclasses.dataclass
+class EnvSpec:
+    """What the scripts need to know about an env's spaces."""
+
+    env_id: str
+    obs_dim: int
+    discrete: bool
+    act_dim: int  # number of actions if discrete, action vector size otherwise
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
+    obs_discrete: bool = False  # tabular envs: observations are state indices in [0, obs_dim)
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    try:
+        env = gym.make(env_id)
+    except gym.error.DependencyNotInstalled as e:  # e.g. Box2D envs without gymnasium[box2d]
+        raise CleanILError(
+            f"{env_id} needs a package that is not installed: {str(e).strip().splitlines()[0]}"
+        ) from None
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise CleanILError(f"{env_id} has observation space {obs_space}: cleanil needs a flat Box")
+    if isinstance(act_space, gym.spaces.Discrete):
+        return EnvSpec(env_id, obs_space.shape[0], True, int(act_space.n))
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return EnvSpec(env_id, obs_space.shape[0], False, act_space.shape[0], act_space.low, act_space.high)
+    raise CleanILError(f"{env_id} has action space {act_space}: cleanil needs Discrete or a flat Box")
+
+
+def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """Synchronous vector env in SAME_STEP autoreset mode: when a sub-env ends, ``step`` already
+    returns the first observation of its next episode, and the true last observation of the
+    finished episode is in ``info["final_obs"][i]`` (mask ``info["_final_obs"]``)."""
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
+
+
+def true_next_obs(next_obs: np.ndarray, info: dict) -> np.ndarray:
+    """The observation each sub-env actually reached (the final one for envs that just ended)."""
+    if "_final_obs" not in info or not info["_final_obs"].any():
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(info["_final_obs"]):
+        real[i] = info["final_obs"][i]
+    return real
+
+
+# ----------------------------------------------------------------------------- policies
+def save_policy(path: str | Path, actor: nn.Module, spec: EnvSpec, hidden: tuple[int, ...], **extra: Any) -> None:
+    """Save an actor built by ``make_actor`` so that ``load_policy`` can rebuild it."""
+    state = {k: v.detach().cpu() for k, v in actor.state_dict().items()}
+    atomic_torch_save({"env_id": spec.env_id, "hidden": list(hidden), "state_dict": state, **extra}, path)
+
+
+def make_actor(spec: EnvSpec, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    """``nets.make_actor`` for this env's spaces."""
+    return nets.make_actor(spec.obs_dim, spec.act_dim, spec.discrete, spec.action_low, spec.action_high, hidden)
+
+
+def load_policy(path: str | Path, spec: EnvSpec) -> nn.Module:
+    """Rebuild an actor saved by ``save_policy``, checking that it fits the env. The global RNGs are left as
+    they were, so a run draws the same numbers whether or where it loads a policy."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.random.fork_rng(devices=[]):  # the throwaway initialization of the weights loaded below
+            actor = make_actor(spec, tuple(blob["hidden"]))
+        actor.load_state_dict(blob["state_dict"])
+    except FileNotFoundError:
+        raise CleanILError(f"policy file {path} does not exist") from None
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as e:
+        raise CleanILError(f"policy file {path} does not fit {spec.env_id}: {str(e).splitlines()[0]}") from None
+    return actor.eval()
+
+
+def numpy_policy(actor: nn.Module, device: torch.device, deterministic: bool = True) -> Callable:
+    """Wrap an actor as a batched numpy function obs -> action."""
+
+    @torch.inference_mode()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+
+    return policy
+
+
+# ----------------------------------------------------------------------------- experts
+def expert_paths(env_id: str) -> tuple[Path, Path]:
+    return EXPERT_DIR / f"{env_id}.pt", EXPERT_DIR / f"{env_id}.json"
+
+
+EXPERT_META_KEYS = {"env_id": str, "algo": str, "return_mean": float, "return_std": float,
+                    "random_return_mean": float, "eval_episodes": int, "total_steps": int,
+                    "command": str, "versions": dict}  # fmt: skip
+
+
+def load_expert_metadata(env_id: str) -> dict:
+    path = expert_paths(env_id)[1]
+    if not path.exists():
+        shipped = sorted(p.stem for p in EXPERT_DIR.glob("*.json"))
+        raise CleanILError(f"no shipped expert for {env_id} (shipped: {', '.join(shipped) or 'none'}); "
+                           f"train one with scripts/train_expert.py --env {env_id} or pass --demos")  # fmt: skip
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CleanILError(f"expert metadata {path} is not valid JSON: {e}") from None
+    for key, typ in EXPERT_META_KEYS.items():
+        if not isinstance(meta.get(key), (int, float) if typ is float else typ):
+            raise CleanILError(f"expert metadata {path} lacks a valid '{key}' field")
+    if meta["env_id"] != env_id:
+        raise CleanILError(f"expert metadata {path} is for {meta['env_id']}, not {env_id}")
+    return meta
+
+
+def load_expert(env_id: str) -> nn.Module:
+    load_expert_metadata(env_id)
+    return load_policy(expert_paths(env_id)[0], env_spec(env_id))
+
+
+def normalized_score(ret: float, env_id: str) -> float | None:
+    """(return - random) / (expert - random), or None when no expert ships for this env."""
+    if not expert_paths(env_id)[1].exists():
+        return None
+    meta = load_expert_metadata(env_id)
+    return (ret - meta["random_return_mean"]) / (meta["return_mean"] - meta["random_return_mean"])
+
+
+# ----------------------------------------------------------------------------- rollouts
+def rollout(policy: Callable, env_id: str, episodes: int, seed: int, record: bool = False) -> dict:
+    """Run ``episodes`` episodes (episode k reset with seed ``seed + k``), ROLLOUT_CHUNK at a time.
+
+    Returns per-episode returns and lengths and, if ``record``, the transitions in the demo format.
+    """
+    returns, lengths, steps = [], [], {k: [] for k in DEMO_KEYS}
+    for start in range(0, episodes, ROLLOUT_CHUNK):
+        vec_env = make_vec_env(env_id, ROLLOUT_CHUNK)
+        obs, _ = vec_env.reset(seed=[seed + start + i for i in range(ROLLOUT_CHUNK)])
+        alive = np.arange(ROLLOUT_CHUNK) < episodes - start
+        ret, length = np.zeros(ROLLOUT_CHUNK), np.zeros(ROLLOUT_CHUNK, dtype=np.int64)
+        per_env = [{k: [] for k in DEMO_KEYS} for _ in range(ROLLOUT_CHUNK)]
+        while alive.any():
+            action = policy(obs)
+            next_obs, reward, term, trunc, info = vec_env.step(action)
+            real_next = true_next_obs(next_obs, info)
+            for i in np.flatnonzero(alive) if record else ():
+                row = (obs[i], action[i], reward[i], real_next[i], term[i], trunc[i])
+                for k, v in zip(DEMO_KEYS, row, strict=True):
+                    per_env[i][k].append(v)
+            ret += reward * alive
+            length += alive
+            alive &= ~(term | trunc)
+            obs = next_obs
+        vec_env.close()
+        n = min(ROLLOUT_CHUNK, episodes - start)
+        returns += ret[:n].tolist()
+        lengths += length[:n].tolist()
+        for ep in per_env[:n] if record else ():
+            for k in DEMO_KEYS:
+                steps[k] += ep[k]
+    out = {"returns": np.array(returns), "lengths": np.array(lengths)}
+    if record:
+        out["transitions"] = {k: np.array(v) for k, v in steps.items()}
+    return out
+
+
+def evaluate(policy: Callable, env_id: str, episodes: int, seed: int) -> dict:
+    """Evaluate on reset seeds disjoint from the demonstrations'; raw and normalized return."""
+    result = rollout(policy, env_id, episodes, EVAL_SEED_BASE + 10_000 * seed)
+    mean = float(result["returns"].mean())
+    norm = normalized_score(mean, env_id)
+    out = {"eval/return": mean, "eval/return_std": float(result["returns"].std()),
+           "eval/length": float(result["lengths"].mean())}  # fmt: skip
+    return out if norm is None else {**out, "eval/normalized_return": norm}
+
+
+# ----------------------------------------------------------------------------- demonstrations
+def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
+    """Check a demo dict against the env; return it with canonical dtypes or raise CleanILError."""
+    missing = [k for k in DEMO_KEYS if k not in data]
+    if missing:
+        raise CleanILError(f"demo file {source} lacks the array(s) {', '.join(missing)}")
+    n = len(data["obs"])
+    if n == 0 or any(len(data[k]) != n for k in DEMO_KEYS):
+        raise CleanILError(f"demo file {source} is empty or its arrays differ in length")
+    for key in ("obs", "next_obs"):
+        if spec.obs_discrete:
+            obs = data[key]
+            if obs.ndim != 1 or not np.issubdtype(obs.dtype, np.integer) or obs.min() < 0 or obs.max() >= spec.obs_dim:
+                raise CleanILError(
+                    f"demo file {source} must hold integer '{key}' in [0, {spec.obs_dim}) for {spec.env_id}"
+                )
+        elif data[key].shape[1:] != (spec.obs_dim,):
+            raise CleanILError(f"demo file {source} has '{key}' of shape {data[key].shape[1:]} per step, "
+                               f"but {spec.env_id} observations have shape ({spec.obs_dim},)")  # fmt: skip
+    act = data["actions"]
+    if spec.discrete:
+        if act.ndim != 1 or not np.issubdtype(act.dtype, np.integer) or act.min() < 0 or act.max() >= spec.act_dim:
+            raise CleanILError(f"demo file {source} must hold integer actions in [0, {spec.act_dim}) for {spec.env_id}")
+    elif act.shape[1:] != (spec.act_dim,):
+        raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
+                           f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
+    for key in ("obs", "actions", "rewards", "next_obs"):
+        if not np.isfinite(data[key]).all():
+            raise CleanILError(f"demo file {source} contains NaN or infinite values in '{key}'")
+    if not spec.discrete:  # continuous actions must lie in the env's box (what the env would clip them to)
+        low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+        outside = np.argwhere((act < low - 1e-6 * np.abs(low)) | (act > high + 1e-6 * np.abs(high)))
+        if len(outside):
+            row, i = outside[0]
+            bound = f"[{low[i]:.4g}, {high[i]:.4g}]"
+            raise CleanILError(f"demo file {source} has 'actions' outside {spec.env_id}'s action bounds: "
+                               f"actions[{row}, {i}] = {act[row, i]:.4g} is not in {bound}")  # fmt: skip
+    done = np.asarray(data["terminated"], bool) | np.asarray(data["truncated"], bool)
+    if not done[-1]:
+        raise CleanILError(f"demo file {source} ends in the middle of an episode")
+    moved = (data["next_obs"][:-1] != data["obs"][1:]).reshape(n - 1, -1).any(-1)
+    breaks = np.flatnonzero(~done[:-1] & moved)
+    if len(breaks):
+        raise CleanILError(f"demo file {source}: next_obs at step {breaks[0]} differs from the following obs, "
+                           "but neither terminated nor truncated marks an episode end there")  # fmt: skip
+    obs_dtype = np.int64 if spec.obs_discrete else np.float32
+    out = {k: np.asarray(data[k], obs_dtype) for k in ("obs", "next_obs")} | {
+        "rewards": data["rewards"].astype(np.float32)
+    }
+    out["actions"] = act.astype(np.int64 if spec.discrete else np.float32)
+    out.update(terminated=np.asarray(data["terminated"], bool), truncated=np.asarray(data["truncated"], bool))
+    return out
+
+
+def first_episodes(data: dict, num: int, source: str) -> dict:
+    ends = np.flatnonzero(data["terminated"] | data["truncated"])
+    if num > len(ends):
+        raise CleanILError(f"demo file {source} holds {len(ends)} episode(s), but {num} were asked for")
+    return {k: v[: ends[num - 1] + 1] for k, v in data.items()}
+
+
+def load_demo_file(path: str | Path, spec: EnvSpec) -> dict:
+    """Load and validate a user's ``.npz`` demo file (format: see README, 'Bring your own demos')."""
+    if not Path(path).is_file():
+        raise CleanILError(f"demo file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except Exception as e:  # numpy raises many types for a corrupt archive
+        raise CleanILError(f"demo file {path} could not be read as .npz ({type(e).__name__}: {e})") from None
+    return validate_demos(data, spec, str(path))
+
+
+def save_demo_file(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+        np.savez_compressed(f, **data)
+    os.replace(f.name, path)
+
+
+def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
+    """Roll out the shipped expert deterministically: episode k is reset with a fixed seed."""
+    expert = numpy_policy(load_expert(env_id), torch.device("cpu"))
+    return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
+
+
+def load_demos(env_id: str, num: int, path: str | None = None, seed: int = 0) -> dict:
+    """The first ``num`` episodes of a user file (``path``) or of the shipped expert's cached demos."""
+    spec = env_spec(env_id)
+    if num < 1:
+        raise CleanILError(f"--num-demos must be at least 1, got {num}")
+    if path is not None:
+        return first_episodes(load_demo_file(path, spec), num, path)
+    load_expert_metadata(env_id)  # clear error if none ships
+    digest = hashlib.sha256(expert_paths(env_id)[0].read_bytes()).hexdigest()[:10]
+    cache = Path(os.environ.get("CLEANIL_CACHE", Path.home() / ".cache" / "cleanil")) / "demos"
+    file = cache / f"{env_id}__n{num}__seed{seed}__{digest}.npz"
+    if not file.exists():  # leaves the global RNGs as they were: a run is the same with or without a cache
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            save_demo_file(file, generate_demos(env_id, num, seed))
+        np.random.set_state(np_state)
+    return load_demo_file(file, spec)
