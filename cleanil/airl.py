@@ -556,7 +556,7 @@ def main(args: Args) -> dict:
 
     def update_disc(p: dict) -> dict:
         """One step on BCE(d = f - w log pi) + lambda GP(f), with as many expert as policy samples."""
-        e = {k: v[torch.randint(len(v), (len(p["obs"]),), device=device)] for k, v in expert.items()}
+        e = sample_rows(expert, len(p["obs"]))  # as many expert transitions as policy ones
         z_e, z_pi = reward_net.z(e["obs"], e["act"], e["next_obs"]), reward_net.z(p["obs"], p["act"], p["next_obs"])
         w = p["pi_weight"]
         logp_e, logp_pi = (log_pi(actor, x["obs"], x["act"], spec.discrete, floor) for x in (e, p))
