@@ -296,6 +296,21 @@ def log_pi(actor: nn.Module, obs: torch.Tensor, act: torch.Tensor, discrete: boo
         return logp * (1 - obs[:, -1])
 
 
+def disc_logit(reward_net: RewardNet, actor: nn.Module, x: dict, z: torch.Tensor, w: torch.Tensor, discrete: bool,
+               floor: float | None) -> torch.Tensor:  # fmt: skip
+    """The discriminator's logit d = f(s, a, s') - w log pi(a|s) of the transitions ``x`` (standardized ``z``)."""
+    return airl_logit(reward_net.f_of_z(z, x["mask"]), w * log_pi(actor, x["obs"], x["act"], discrete, floor))
+
+
+def next_state_value(next_value: torch.Tensor, term: torch.Tensor, r_abs: torch.Tensor, gamma: float,
+                     absorbing: bool) -> torch.Tensor:  # fmt: skip
+    """PPO's V(s'): the critic's after a step or a time-limit end; after a termination V(s_abs) =
+    r(s_abs) / (1 - gamma), the absorbing state's exact value (it loops with reward r(s_abs)), or 0 with
+    --no-absorbing."""
+    v_end = r_abs / (1 - gamma) if absorbing else torch.zeros_like(r_abs)
+    return (1 - term) * next_value + term * v_end
+
+
 def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.Tensor, actor: nn.Module,
                       targets: nn.Module, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
     """y = r + gamma * mask * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
@@ -474,9 +489,7 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Mo
             reward = airl_logit(f, weight * logp_t).view(T, n)
             r_abs = reward_net.f_of_z(reward_net.z(s_abs, torch.zeros_like(d["act"][:1]), s_abs))  # log pi = 0
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
-        # next-state value: V(s') after a time-limit end or a step; r(s_abs) / (1 - gamma) or 0 after termination
-        v_end = r_abs / (1 - args.gamma) if args.absorbing else torch.zeros_like(r_abs)
-        next_value = (1 - term) * next_value + term * v_end
+        next_value = next_state_value(next_value, term, r_abs, args.gamma, args.absorbing)
         # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
         done, adv, last = torch.maximum(term, trunc), torch.zeros(T, n, device=device), torch.zeros(n, device=device)
         delta = reward + args.gamma * next_value - value
@@ -558,10 +571,8 @@ def main(args: Args) -> dict:
         """One step on BCE(d = f - w log pi) + lambda GP(f), with as many expert as policy samples."""
         e = sample_rows(expert, len(p["obs"]))  # as many expert transitions as policy ones
         z_e, z_pi = reward_net.z(e["obs"], e["act"], e["next_obs"]), reward_net.z(p["obs"], p["act"], p["next_obs"])
-        w = p["pi_weight"]
-        logp_e, logp_pi = (log_pi(actor, x["obs"], x["act"], spec.discrete, floor) for x in (e, p))
-        logit_e = airl_logit(reward_net.f_of_z(z_e, e["mask"]), w * logp_e)
-        logit_pi = airl_logit(reward_net.f_of_z(z_pi, p["mask"]), w * logp_pi)
+        logit_e, logit_pi = (disc_logit(reward_net, actor, x, z, p["pi_weight"], spec.discrete, floor)
+                             for x, z in ((e, z_e), (p, z_pi)))  # fmt: skip
         w_abs = 1 / (1 - args.gamma) - 1  # s_abs stands for the discounted tail 1 + gamma + ... = 1 / (1 - gamma)
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [(1 - x["obs"][:, -1]) * (1 - x["next_obs"][:, -1]) for x in (e, p)]  # away from s_abs

@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -268,6 +269,21 @@ def policy_reward(logits: torch.Tensor, kind: str) -> torch.Tensor:
     return -F.softplus(-logits)
 
 
+def discriminator_reward(disc: Discriminator, b: dict, kind: str) -> torch.Tensor:
+    """The policy's reward of the transitions in ``b`` (flag-augmented obs, action vectors) under the
+    current discriminator, in the form ``kind`` (--reward)."""
+    return policy_reward(disc(disc_input(b["obs"], b["act"])), kind)
+
+
+def next_state_value(next_value: torch.Tensor, term: torch.Tensor, r_abs: torch.Tensor, gamma: float,
+                     absorbing: bool) -> torch.Tensor:  # fmt: skip
+    """PPO's V(s'): the critic's after a step or a time-limit end; after a termination V(s_abs) =
+    r(s_abs) / (1 - gamma), the absorbing state's exact value (it loops with reward r(s_abs)), or 0 with
+    --no-absorbing."""
+    v_end = r_abs / (1 - gamma) if absorbing else torch.zeros_like(r_abs)
+    return (1 - term) * next_value + term * v_end
+
+
 def sac_critic_target(next_obs: torch.Tensor, reward: torch.Tensor, mask: torch.Tensor, actor: nn.Module,
                       targets: nn.Module, alpha: torch.Tensor, gamma: float) -> torch.Tensor:  # fmt: skip
     """y = r + gamma * mask * (min_j Q'_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s');
@@ -432,12 +448,10 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Mo
         o, o2, logp_t = tensors["obs"].float(), tensors["next_obs"].float(), tensors["logp"]
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
         with torch.no_grad():  # reward of the rollout's rows (d's first T n) and of the absorbing state
-            reward = policy_reward(disc(disc_input(d["obs"][: T * n], d["act"][: T * n])), args.reward).view(T, n)
-            r_abs = policy_reward(disc(disc_input(s_abs, torch.zeros_like(d["act"][:1]))), args.reward)
+            reward = discriminator_reward(disc, d[: T * n], args.reward).view(T, n)
+            r_abs = discriminator_reward(disc, {"obs": s_abs, "act": torch.zeros_like(d["act"][:1])}, args.reward)
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
-        # next-state value: V(s') after a time-limit end or a step; r(s_abs) / (1 - gamma) or 0 after termination
-        v_end = r_abs / (1 - args.gamma) if args.absorbing else torch.zeros_like(r_abs)
-        next_value = (1 - term) * next_value + term * v_end
+        next_value = next_state_value(next_value, term, r_abs, args.gamma, args.absorbing)
         # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
         done, adv, last = torch.maximum(term, trunc), torch.zeros(T, n, device=device), torch.zeros(n, device=device)
         delta = reward + args.gamma * next_value - value
@@ -509,7 +523,7 @@ def main(args: Args) -> dict:
     state = {"disc": disc, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     actor = envs.make_actor(spec, args.hidden).to(device)
     if generator == "sac":
-        reward_fn = lambda b: policy_reward(disc(disc_input(b["obs"], b["act"])), args.reward)  # noqa: E731
+        reward_fn = partial(discriminator_reward, disc, kind=args.reward)
         final = train_sac(args, spec, device, actor, reward_fn, update_disc, run, state, expert)
     else:
         final = train_ppo(args, spec, device, actor, disc, update_disc, run, state)

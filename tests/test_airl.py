@@ -131,3 +131,16 @@ def test_bad_input_gets_one_line(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+def test_disc_logit_is_f_minus_weighted_log_pi():
+    """What the discriminator update scores, expert and policy alike: f(s, a, s') - w log pi(a|s)."""
+    torch.manual_seed(0)
+    net = airl.RewardNet(3, 1, (8,), state_only=False, gamma=0.9)
+    actor = nets.TanhGaussianActor(2, 1, np.array([-1.0]), np.array([1.0]), (8,))
+    x = {"obs": torch.cat([torch.randn(6, 2), torch.zeros(6, 1)], 1), "act": torch.rand(6, 1) * 1.8 - 0.9,
+         "next_obs": torch.cat([torch.randn(6, 2), torch.zeros(6, 1)], 1), "mask": torch.ones(6)}  # fmt: skip
+    z = net.z(x["obs"], x["act"], x["next_obs"])
+    w = torch.tensor(0.3)
+    expected = net.f_of_z(z, x["mask"]) - w * airl.log_pi(actor, x["obs"], x["act"], False)
+    assert torch.allclose(airl.disc_logit(net, actor, x, z, w, False, None), expected)

@@ -166,13 +166,18 @@ def test_sac_generator_with_expert_rows_in_its_minibatch(tmp_path, script):
 @pytest.mark.parametrize("script", ["cleanil/gail.py", "cleanil/airl.py"])
 @pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
 def test_ppo_generator_smoke(tmp_path, script, env):
-    res = run_cli(script, "--env", env, "--generator", "ppo", "--total-steps", "512", "--num-envs", "4",
-                  "--num-steps", "64", "--update-epochs", "2", "--eval-every", "512", "--run-dir", str(tmp_path),
+    """PPO trains on the discriminator's logit: the rollout's mean reward tracks the mean logit the last
+    discriminator update saw on the same rollout (d for GAIL's default reward, f - log pi for AIRL)."""
+    res = run_cli(script, "--env", env, "--generator", "ppo", "--total-steps", "1024", "--num-envs", "4",
+                  "--num-steps", "64", "--update-epochs", "2", "--eval-every", "1024", "--run-dir", str(tmp_path),
                   *TINY)  # fmt: skip
     assert res.returncode == 0, res.stderr
     rows = read_metrics(only_run_dir(tmp_path))
-    assert [r["global_step"] for r in rows if "losses/policy" in r] == [256, 512]
-    assert all(np.isfinite(r["losses/discriminator"]) for r in rows if "losses/policy" in r)
+    updates = [r for r in rows if "losses/policy" in r]
+    assert [r["global_step"] for r in updates] == [256, 512, 768, 1024]
+    assert all(np.isfinite(r["losses/discriminator"]) for r in updates)
+    reward, logit = (np.array([r[k] for r in updates]) for k in ("reward_mean", "disc/policy_logit"))
+    assert np.abs(reward - logit).sum() < 0.5 * np.abs(logit).sum() + 0.05 * len(updates), (reward, logit)
     assert "eval/return" in rows[-1]
 
 
@@ -195,3 +200,23 @@ def test_sampled_expert_rows_are_whole_transitions(mod):
     batch = mod.sample_rows(data, 256)
     assert torch.equal(batch["act"], 2 * batch["obs"]) and torch.equal(batch["next_obs"], batch["obs"] + 1)
     assert len(batch["obs"].unique()) > 40  # drawn across the data, not one row repeated
+
+
+def test_discriminator_reward_is_the_chosen_form_of_the_logit():
+    """What both generators train on: for --reward logit the discriminator's logit itself, sign included."""
+    torch.manual_seed(0)
+    disc = gail.Discriminator(4, (8,))
+    b = {"obs": torch.cat([torch.randn(16, 2), torch.zeros(16, 1)], 1), "act": torch.randn(16, 1)}
+    d = disc(gail.disc_input(b["obs"], b["act"]))
+    assert torch.equal(gail.discriminator_reward(disc, b, "logit"), d)
+    assert torch.allclose(gail.discriminator_reward(disc, b, "gail"), -torch.log(1 - torch.sigmoid(d)), atol=1e-6)
+    assert torch.allclose(gail.discriminator_reward(disc, b, "log_d"), torch.log(torch.sigmoid(d)), atol=1e-6)
+
+
+@pytest.mark.parametrize("mod", [gail, airl])
+def test_ppo_value_after_a_termination_is_the_absorbing_states(mod):
+    next_value, term, r_abs = torch.tensor([[2.0, 3.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([-0.5])
+    v = mod.next_state_value(next_value, term, r_abs, 0.9, absorbing=True)
+    assert torch.allclose(v, torch.tensor([[2.0, -5.0]]))  # r(s_abs) / (1 - gamma) = -0.5 / 0.1
+    masked = mod.next_state_value(next_value, term, r_abs, 0.9, absorbing=False)
+    assert torch.allclose(masked, torch.tensor([[2.0, 0.0]]))
