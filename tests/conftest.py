@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,20 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cleanil_cache")
     os.environ["CLEANIL_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def restore_process_state():
+    """Scripts run in-process change process-wide state: sys.path (a module:function expert or gatherer)
+    and flush-denormal (mce_irl.py). Put it back after each test, so that no test passes or fails because
+    of another that ran before it. (Two settings stay: maybe_compile turns on dynamo's trace_autograd_ops
+    before every compile, and turning it off and on again within one process makes torch 2.13 refuse to
+    trace torch.autograd.grad at the next compile; torch.distributions' validation is changed only by
+    run_cli, which tests call in subprocesses.)"""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    torch.set_flush_denormal(False)
 
 
 def run_cli(script: str, *flags: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
 
-from cleanil import iqlearn
+from cleanil import envs, iqlearn
 
 # two expert rows and one policy row; gamma = 0.5, chi a = 0.5 (1 / (4 a) = 0.5)
 Q = torch.tensor([2.0, 1.0, 0.0])
@@ -108,3 +108,30 @@ def test_bad_input_gets_one_line(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_update_takes_the_chi2_term_over_every_row_online_and_expert_rows_offline(offline):
+    """The update calls iq_loss with regularize_all = online: online the chi-squared term covers the policy
+    rows too (the authors' setting), offline the expert rows alone."""
+    torch.manual_seed(0)
+    spec = envs.env_spec("CartPole-v1")
+    args = iqlearn.Args(env="CartPole", offline=offline, hidden=(16, 16))
+    m = iqlearn.make_learner(spec, args, torch.zeros(4), torch.ones(4), torch.device("cpu"))
+    n = 8
+    b = {"obs": torch.randn(2 * n, 4), "act": torch.randint(2, (2 * n,)), "next_obs": torch.randn(2 * n, 4),
+         "done": torch.zeros(2 * n), "is_expert": (torch.arange(2 * n) < n).float()}  # fmt: skip
+    alpha = m.log_alpha.exp().detach()
+    with torch.no_grad():
+        q = iqlearn.q_values(m, m.critics, b["obs"], b["act"])[0]
+        v, next_v = (
+            iqlearn.soft_value(m, net, o, alpha) for net, o in ((m.critics, b["obs"]), (m.targets, b["next_obs"]))
+        )
+        expected = {
+            everywhere: iqlearn.iq_loss(q, v, next_v, b["done"], b["is_expert"], args.gamma, args.value_loss,
+                                        args.chi_alpha, everywhere)[1]["losses/chi2"]
+            for everywhere in (False, True)
+        }  # fmt: skip
+    assert not torch.isclose(expected[False], expected[True])  # the two settings differ on this batch
+    got = iqlearn.update(m, b, args)["losses/chi2"]
+    assert torch.isclose(got, expected[not offline])

@@ -3,6 +3,7 @@ and run directories that are never clobbered. Interruptions are real signals sen
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -86,6 +87,42 @@ CASES = {
 }
 
 
+SAC_STATE = {"actor", "critics", "targets", "log_alpha", "actor_opt", "critic_opt", "alpha_opt", "replay"}
+PPO_STATE = {"actor", "critic", "optimizer"}
+# What each case's checkpoint must hold: its registered objects and its extra state. A key renamed or left
+# out (the discriminator not registered, say) fails the resume test instead of skipping a comparison.
+SAVED = {
+    "bc": ({"actor", "optimizer"}, set()),
+    "dagger": ({"actor", "optimizer"}, {"data", "env_steps", "rng"}),
+    "gail_sac": (SAC_STATE | {"disc", "disc_opt"}, set()),
+    "gail_ppo": (PPO_STATE | {"disc", "disc_opt"}, set()),
+    "airl_sac": (SAC_STATE | {"reward", "disc_opt"}, set()),
+    "airl_ppo": (PPO_STATE | {"reward", "disc_opt"}, set()),
+    "iqlearn_online": ({"critics", "targets", "actor", "log_alpha", "critic_opt", "actor_opt", "replay"}, set()),
+    "iqlearn_offline": ({"critics", "targets", "actor", "log_alpha", "critic_opt"}, set()),
+    "mce_irl": ({"reward_net", "optimizer", "schedule"}, set()),
+    "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
+    "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
+}
+
+
+@pytest.fixture
+def signal_guard():
+    """SIGTERM and SIGINT raise in this test while no run holds them: a run whose handler regressed fails
+    the test that sent the signal instead of ending the pytest session. Yields the guard handler."""
+
+    class Unhandled(BaseException):
+        pass
+
+    def guard(signum, frame):
+        raise Unhandled(f"{signal.Signals(signum).name} reached the test: no run was handling it")
+
+    before = {s: signal.signal(s, guard) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield guard
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
 def make_args(case: str, tmp_path, name: str, **more) -> tuple:
     module, kwargs, k, exact = CASES[case]
     mod = importlib.import_module(f"cleanil.{module}")
@@ -122,7 +159,7 @@ def tensors_of(state) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch, signal_guard):
     mod, args, k, exact = make_args(case, tmp_path, "run")
     run_dir = tmp_path / "run"
 
@@ -137,7 +174,9 @@ def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch):
     assert f"SIGTERM at step {k}" in str(stopped.value) and f"--resume {run_dir}" in str(stopped.value)
     interrupted = load_checkpoint(run_dir)
     assert interrupted["step"] == k
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are given back
+    assert signal.getsignal(signal.SIGTERM) is signal_guard  # handlers are given back
+    objects, extra = SAVED[case]
+    assert set(interrupted["objects"]) == objects and set(interrupted["extra"] or {}) == extra
     monkeypatch.undo()
 
     mod.main(dataclasses.replace(args, resume=str(run_dir)))
@@ -149,14 +188,14 @@ def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch):
         steps = [r["global_step"] for r in rows if frozenset(r) - common == kind]
         assert steps == sorted(set(steps)), (sorted(kind), steps)
     assert rows[-1]["global_step"] == final["step"] and "eval/return" in rows[-1]
-    if "replay" in interrupted["objects"]:  # the buffer came back whole and the resumed run appended to it
+    if "replay" in objects:  # the buffer came back whole and the resumed run appended to it
         before, after = interrupted["objects"]["replay"]["data"], final["objects"]["replay"]["data"]
         assert len(after) > len(before) >= k
         assert all(torch.equal(a[: len(before)], b) for a, b in zip(tensors_of(after), tensors_of(before), strict=True))
-    if "data" in (interrupted["extra"] or {}):  # DAgger's aggregated dataset
+    if "data" in extra:  # DAgger's aggregated dataset
         n = len(interrupted["extra"]["data"]["obs"])
         assert (final["extra"]["data"]["obs"][:n] == interrupted["extra"]["data"]["obs"]).all()
-    if "labels" in (interrupted["extra"] or {}):  # DRLHP's preference labels
+    if "labels" in extra:  # DRLHP's preference labels
         n = len(interrupted["extra"]["labels"]["mu"])
         assert n > 0 and torch.equal(final["extra"]["labels"]["mu"][:n], interrupted["extra"]["labels"]["mu"])
     if exact:  # nothing in flight: the resumed run ends where an uninterrupted one does, bit for bit
@@ -167,19 +206,18 @@ def test_interrupted_run_resumes_where_it_stopped(case, tmp_path, monkeypatch):
         assert len(got) == len(want) > 0 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
+def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch, signal_guard):
     mod, args, k, _ = make_args("bc", tmp_path, "run")
     hook_tick(monkeypatch, lambda run, step: step == k and os.kill(os.getpid(), signal.SIGINT))
-    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN if pytest was started in the background
     with pytest.raises(runs.RunStopped) as stopped:
         mod.main(args)
     assert stopped.value.code == 130 and f"SIGINT at step {k}: checkpoint written" in str(stopped.value)
     assert load_checkpoint(tmp_path / "run")["step"] == k
-    assert signal.getsignal(signal.SIGINT) is before  # the run gave its handler back
+    assert signal.getsignal(signal.SIGINT) is signal_guard  # the run gave its handler back
 
 
 @pytest.mark.parametrize("case", ["bc", "dagger", "gail_sac", "airl_ppo", "iqlearn_online", "mce_irl", "drlhp_ppo"])
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, monkeypatch):
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, monkeypatch, signal_guard):
     mod, args, k, _ = make_args(case, tmp_path, "run")
 
     def poison(run, step):
@@ -197,7 +235,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, mo
     assert checkpoint["step"] < k  # the checkpoint due at k (or later) was refused
     assert all(torch.isfinite(t).all() for t in tensors_of(checkpoint["objects"]) if t.is_floating_point())
     assert not (tmp_path / "run" / "model.pt").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal_guard
 
 
 def test_a_non_finite_loss_is_named(tmp_path):
@@ -218,14 +256,20 @@ def test_sigterm_through_the_cli_then_resume(tmp_path):
     flags = ["--env", "Pendulum", "--num-demos", "2", "--hidden", "32", "32", "--eval-every", "100000", "--log-every",
              "100", "--checkpoint-every", "1000000", "--run-dir", str(tmp_path), "--run-name", "r"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "cleanil/bc.py", *flags, "--total-steps", "1000000"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    metrics = tmp_path / "r" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    command = [sys.executable, "cleanil/bc.py", *flags, "--total-steps", "1000000"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        metrics = tmp_path / "r" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:  # never leave the million-step run behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert f"checkpoint written; continue with python cleanil/bc.py --resume {tmp_path / 'r'}" in err
     step = load_checkpoint(tmp_path / "r")["step"]
