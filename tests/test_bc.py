@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import beats_random, run_script
 
 from cleanil import bc, envs
 
@@ -129,3 +130,12 @@ def test_track_runs_offline_without_a_login(tmp_path):
     run = only_run_dir(tmp_path)
     assert any((run / "wandb").glob("offline-run-*")), list(run.rglob("*"))[:10]
     assert len([r for r in read_metrics(run) if "eval/return" in r]) == 2
+
+
+def test_bc_learns_cartpole(tmp_path):
+    """~15 s: 5 demos, 1,000 gradient steps."""
+    run = run_script(tmp_path, "cleanil/bc.py", "--env", "CartPole", "--num-demos", "5", "--total-steps", "1000",
+                     "--eval-every", "1000", "--log-every", "100", "--eval-episodes", "2")  # fmt: skip
+    beats_random(run, "CartPole-v1")
+    nll = [r["val/nll"] for r in read_metrics(run) if "val/nll" in r]
+    assert nll[-1] < 0.75 * nll[0], nll

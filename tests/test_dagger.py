@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import beats_random, run_script
 
 from cleanil import dagger, envs
 
@@ -110,3 +111,12 @@ def test_bad_expert_on_the_command_line(tmp_path):
     assert (
         res.stderr.strip() == "error: --expert 'tests.controllers:nothing': module 'tests.controllers' has no 'nothing'"
     )
+
+
+def test_dagger_learns_cartpole(tmp_path):
+    """~20 s: 4 rounds of 500 env steps, 200 updates each."""
+    run = run_script(tmp_path, "cleanil/dagger.py", "--env", "CartPole", "--total-steps", "2000", "--rounds", "4",
+                     "--updates-per-round", "200", "--eval-episodes", "2", "--num-demos", "0")  # fmt: skip
+    beats_random(run, "CartPole-v1")
+    losses = [r["losses/dagger"] for r in read_metrics(run) if "losses/dagger" in r]
+    assert losses[-1] < losses[0], losses

@@ -3,14 +3,17 @@ runs and bad input."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import beats_random, preference_fragments, random_policy, run_script
+from scipy import stats
 
-from cleanil import drlhp
+from cleanil import drlhp, envs
 
 
 def test_bradley_terry_hand_computed():
@@ -106,3 +109,27 @@ def test_bad_input_gets_one_line(tmp_path):
         errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
         assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], res.stderr
         assert "Traceback" not in res.stderr
+
+
+def test_drlhp_learns_cartpole(tmp_path):
+    """~120 s: PPO agent, 30k env steps, 100 synthetic queries (0.2 normalized by then)."""
+    run = run_script(tmp_path, "cleanil/drlhp.py", "--env", "CartPole", "--total-steps", "30000", "--num-queries",
+                     "100", "--eval-every", "30000", "--eval-episodes", "2")  # fmt: skip
+    beats_random(run, "CartPole-v1", margin=0.1)
+    spec, config = envs.env_spec("CartPole-v1"), json.loads((run / "config.json").read_text())
+    blob = torch.load(run / "reward.pt", weights_only=True)
+    reward = drlhp.RewardEnsemble(spec.obs_dim + 1 + spec.act_dim, blob["ensemble"], tuple(blob["hidden"]))
+    reward.load_state_dict(blob["state_dict"])
+    trained = envs.numpy_policy(envs.load_policy(run / "model.pt", spec), torch.device("cpu"))
+    frags = preference_fragments([trained, random_policy(spec)], config["fragment_length"])
+    rng = np.random.default_rng(0)
+    pairs = [(frags[i], frags[j]) for i, j in rng.integers(len(frags), size=(400, 2))]
+    truth = np.array([a["true_rewards"].sum() - b["true_rewards"].sum() for a, b in pairs])
+    with torch.no_grad():
+        predicted = [float(reward.members(torch.as_tensor(a["obs"]), torch.as_tensor(a["actions"])).sum()
+                           - reward.members(torch.as_tensor(b["obs"]), torch.as_tensor(b["actions"])).sum())
+                     for a, b in pairs]  # fmt: skip
+    decided = truth != 0
+    correct = int(((np.array(predicted) > 0) == (truth > 0))[decided].sum())
+    test = stats.binomtest(correct, int(decided.sum()), 0.5, alternative="greater")
+    assert decided.sum() >= 30 and test.pvalue < 0.01, (correct, decided.sum())

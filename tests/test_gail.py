@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import beats_random, heldout_expert, random_transitions, ranks_above, run_script
 
-from cleanil import airl, gail, nets
+from cleanil import airl, envs, gail, nets
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -220,3 +221,25 @@ def test_ppo_value_after_a_termination_is_the_absorbing_states(mod):
     assert torch.allclose(v, torch.tensor([[2.0, -5.0]]))  # r(s_abs) / (1 - gamma) = -0.5 / 0.1
     masked = mod.next_state_value(next_value, term, r_abs, 0.9, absorbing=False)
     assert torch.allclose(masked, torch.tensor([[2.0, 0.0]]))
+
+
+def test_gail_learns_cartpole(tmp_path):
+    """~60 s: PPO generator, 40k env steps."""
+    run = run_script(tmp_path, "cleanil/gail.py", "--env", "CartPole", "--total-steps", "40000", "--eval-every",
+                     "40000", "--eval-episodes", "2", "--compile", "False")  # fmt: skip
+    beats_random(run, "CartPole-v1")
+    blob = torch.load(run / "discriminator.pt", weights_only=True)
+    spec = envs.env_spec("CartPole-v1")
+    disc = gail.Discriminator(spec.obs_dim + 1 + spec.act_dim, tuple(blob["hidden"]))
+    disc.load_state_dict(blob["state_dict"])
+
+    def logits(data: dict) -> np.ndarray:
+        act = np.eye(spec.act_dim, dtype=np.float32)[data["actions"]]
+        x = gail.with_absorbing(data["obs"], act, data["next_obs"], data["terminated"], blob["absorbing"])
+        with torch.no_grad():
+            return disc(gail.disc_input(torch.as_tensor(x["obs"]), torch.as_tensor(x["act"]))).numpy()
+
+    expert, random = logits(heldout_expert("CartPole-v1")), logits(random_transitions("CartPole-v1"))
+    accuracy = ((expert > 0).mean() + (random < 0).mean()) / 2
+    assert accuracy > 0.5, accuracy
+    ranks_above(expert, random)

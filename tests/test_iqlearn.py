@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import beats_random, heldout_expert, random_transitions, ranks_above, run_script
 
 from cleanil import envs, iqlearn
 
@@ -135,3 +136,20 @@ def test_update_takes_the_chi2_term_over_every_row_online_and_expert_rows_offlin
     assert not torch.isclose(expected[False], expected[True])  # the two settings differ on this batch
     got = iqlearn.update(m, b, args)["losses/chi2"]
     assert torch.isclose(got, expected[not offline])
+
+
+def test_iqlearn_learns_cartpole_offline(tmp_path):
+    """~30 s: offline, one demonstration, 2,000 updates."""
+    run = run_script(tmp_path, "cleanil/iqlearn.py", "--env", "CartPole", "--total-steps", "2000", "--eval-every",
+                     "2000", "--eval-episodes", "2", "--reward-episodes", "0", "--compile", "False")  # fmt: skip
+    beats_random(run, "CartPole-v1")
+    spec = envs.env_spec("CartPole-v1")
+    blob = torch.load(run / "reward.pt", weights_only=True)
+    q_net = torch.nn.ModuleList([envs.make_actor(spec, tuple(blob["hidden"]))])
+    q_net.load_state_dict(blob["critics"])
+    m = iqlearn.Learner(True, q_net, q_net, q_net[0], torch.tensor([np.log(blob["alpha"])]), None, None, None)
+
+    def rewards(data: dict) -> np.ndarray:
+        return iqlearn.recovered_reward(m, iqlearn.demo_tensors(data, True, torch.device("cpu")), blob["gamma"])
+
+    ranks_above(rewards(heldout_expert("CartPole-v1")), rewards(random_transitions("CartPole-v1")))

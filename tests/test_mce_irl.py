@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_metrics, run_cli
+from learning_checks import run_script
 
 from cleanil import envs, mce_irl
 
@@ -231,3 +232,10 @@ def test_bad_arguments_raise_clear_errors(tmp_path, changes, needle):
     with pytest.raises(envs.CleanILError, match=needle):
         mce_irl.main(args)
     assert not any(tmp_path.iterdir())
+
+
+def test_mce_irl_learns_frozenlake(tmp_path):
+    """~10 s: exact occupancies; evaluation is exact, so no sampling test is needed."""
+    run = run_script(tmp_path, "cleanil/mce_irl.py", "--env", "FrozenLake-v1", "--exact")
+    rows = [r for r in read_metrics(run) if "occupancy_gap" in r]
+    assert rows[-1]["occupancy_gap"] < 0.1 * rows[0]["occupancy_gap"] and rows[-1]["eval/normalized_return"] >= 0.9
