@@ -73,8 +73,8 @@ class Args:
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
     total_steps: int = 100_000
     """environment steps of interaction"""
-    num_demos: int = 10
-    """expert episodes to imitate"""
+    num_demos: int | None = None
+    """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
     demos: str | None = None
     """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
     eval_every: int = 10_000
@@ -553,6 +553,7 @@ def main(args: Args) -> dict:
         return final
 
     demos = envs.load_demos(env_id, args.num_demos, args.demos)
+    args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
     act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
     expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
     expert = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}

@@ -23,7 +23,7 @@ gradient steps; normalized ~1.0 in about a minute on 2 CPU cores; MuJoCo setting
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -44,8 +44,8 @@ class Args:
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
     total_steps: int = 10_000
     """number of gradient steps"""
-    num_demos: int = 10
-    """number of expert episodes to imitate (the first ones of the demo file)"""
+    num_demos: int | None = None
+    """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
     demos: str | None = None
     """path to a .npz demo file; by default demos are rolled out from the shipped expert and cached"""
     eval_every: int = 2_000
@@ -128,6 +128,7 @@ def main(args: Args) -> dict:
     runs.check_budget(args)
     runs.set_seed(args.seed)
     demos = envs.load_demos(env_id, args.num_demos, args.demos)
+    args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
 
     # dataset: a random held-out share for validation (at least one transition on each side)
     obs = torch.as_tensor(demos["obs"], device=device)

@@ -37,7 +37,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -61,8 +61,9 @@ class Args:
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
     total_steps: int = 10_000
     """environment steps of interaction, split evenly over the rounds"""
-    num_demos: int = 0
-    """expert episodes in the dataset before the first round (0: start from the first round's rollouts)"""
+    num_demos: int | None = None
+    """expert episodes in the dataset before the first round (0: start from the first round's rollouts);
+    default: every episode of --demos, else 0"""
     demos: str | None = None
     """path to a .npz demo file for the initial dataset; by default demos come from the shipped expert"""
     eval_every: int = 1
@@ -183,7 +184,7 @@ def main(args: Args) -> dict:
         raise envs.CleanILError(
             f"need --rounds >= 1 and --total-steps >= --rounds, got {args.rounds}, {args.total_steps}"
         )
-    if args.demos is not None and args.num_demos < 1:
+    if args.demos is not None and args.num_demos is not None and args.num_demos < 1:
         raise envs.CleanILError("--demos needs --num-demos >= 1 (how many of its episodes start the dataset)")
     runs.check_budget(args)
     runs.set_seed(args.seed)
@@ -193,8 +194,9 @@ def main(args: Args) -> dict:
 
     # the aggregated dataset, in the demo format (actions = the expert's labels)
     data: dict[str, list] = {k: [] for k in envs.DEMO_KEYS}
-    if args.num_demos > 0:
+    if args.demos is not None or args.num_demos:
         demos = envs.load_demos(env_id, args.num_demos, args.demos)
+        args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
         for k in envs.DEMO_KEYS:
             data[k] += list(demos[k])
 

@@ -2,11 +2,12 @@
 
 - ``resolve_env_id`` (aliases such as ``HalfCheetah``), ``env_spec`` (the spaces a script needs),
   ``make_vec_env`` (SAME_STEP autoreset) and ``true_next_obs`` (the final observation of an ended episode).
-- Shipped experts under ``cleanil/experts/``: ``load_expert``, their metadata and ``normalized_score``.
+- Experts: shipped under ``cleanil/experts/``, or a user's own under ``$CLEANIL_CACHE/experts`` for envs the
+  package does not ship (``expert_dirs``); ``load_expert``, their metadata and ``normalized_score``.
 - Policies a script saves and loads (``save_policy``, ``load_policy``) and ``numpy_policy``.
 - ``rollout`` and ``evaluate`` (raw and normalized return, on reset seeds apart from the demonstrations').
-- Demonstrations: ``load_demos`` (a user's ``.npz`` file, or the shipped expert's, generated once and
-  cached under ``$CLEANIL_CACHE``), ``validate_demos`` and ``save_demo_file``.
+- Demonstrations: ``load_demos`` (a user's ``.npz`` file, or the expert's, generated once and cached under
+  ``$CLEANIL_CACHE``), ``load_demos_with_heldout``, ``validate_demos`` and ``save_demo_file``.
 - ``CleanILError`` (a problem with the user's input, reported as one line) and ``atomic_torch_save``.
 """
 
@@ -39,9 +40,12 @@ ENV_ALIASES = {
     "Hopper": "Hopper-v5",
     "Walker2d": "Walker2d-v5",
     "Ant": "Ant-v5",
+    "Swimmer": "Swimmer-v5",
+    "Humanoid": "Humanoid-v5",
 }
 # Disjoint reset-seed ranges, so that learners are never evaluated on the demonstrations' seeds.
 DEMO_SEED_BASE, EVAL_SEED_BASE, EXPERT_EVAL_SEED_BASE = 1_000_000, 2_000_000, 3_000_000
+DEFAULT_NUM_DEMOS = 10  # episodes imitated when --num-demos is not given and no demo file is
 DEMO_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
 ROLLOUT_CHUNK = 10  # episodes run side by side; fixed so episode k is identical whatever the count
 
@@ -55,6 +59,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def cache_dir() -> Path:
+    """Where generated demos and a user's own experts live: ``$CLEANIL_CACHE``, default ``~/.cache/cleanil``."""
+    return Path(os.environ.get("CLEANIL_CACHE", Path.home() / ".cache" / "cleanil"))
 
 
 # ----------------------------------------------------------------------------- environments
@@ -160,8 +169,17 @@ def numpy_policy(actor: nn.Module, device: torch.device, deterministic: bool = T
 
 
 # ----------------------------------------------------------------------------- experts
+def expert_dirs() -> tuple[Path, Path]:
+    """Where experts are looked up, in order: the package's shipped ones, then the user's own (written there by
+    scripts/train_expert.py); a shipped expert wins, so that scores stay comparable with the benchmark tables."""
+    return EXPERT_DIR, cache_dir() / "experts"
+
+
 def expert_paths(env_id: str) -> tuple[Path, Path]:
-    return EXPERT_DIR / f"{env_id}.pt", EXPERT_DIR / f"{env_id}.json"
+    """The expert's weights and metadata: the first directory of ``expert_dirs`` that has them (else the package's)."""
+    found = [d for d in expert_dirs() if (d / f"{env_id}.json").exists()]
+    folder = found[0] if found else EXPERT_DIR
+    return folder / f"{env_id}.pt", folder / f"{env_id}.json"
 
 
 EXPERT_META_KEYS = {"env_id": str, "algo": str, "return_mean": float, "return_std": float,
@@ -172,8 +190,8 @@ EXPERT_META_KEYS = {"env_id": str, "algo": str, "return_mean": float, "return_st
 def load_expert_metadata(env_id: str) -> dict:
     path = expert_paths(env_id)[1]
     if not path.exists():
-        shipped = sorted(p.stem for p in EXPERT_DIR.glob("*.json"))
-        raise CleanILError(f"no shipped expert for {env_id} (shipped: {', '.join(shipped) or 'none'}); "
+        known = sorted({p.stem for d in expert_dirs() for p in d.glob("*.json")})
+        raise CleanILError(f"no expert for {env_id} (experts: {', '.join(known) or 'none'}); "
                            f"train one with scripts/train_expert.py --env {env_id} or pass --demos")  # fmt: skip
     try:
         meta = json.loads(path.read_text())
@@ -302,11 +320,16 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
     return out
 
 
-def first_episodes(data: dict, num: int, source: str) -> dict:
-    ends = np.flatnonzero(data["terminated"] | data["truncated"])
-    if num > len(ends):
-        raise CleanILError(f"demo file {source} holds {len(ends)} episode(s), but {num} were asked for")
-    return {k: v[: ends[num - 1] + 1] for k, v in data.items()}
+def episode_ends(data: dict) -> np.ndarray:
+    """Index of the last transition of each episode."""
+    return np.flatnonzero(data["terminated"] | data["truncated"])
+
+
+def episodes(data: dict, start: int, stop: int) -> dict:
+    """Episodes ``start`` (counted from 0) up to ``stop`` (exclusive) of a demo dict."""
+    ends = episode_ends(data)
+    lo = 0 if start == 0 else ends[start - 1] + 1
+    return {k: v[lo : ends[stop - 1] + 1] for k, v in data.items()}
 
 
 def load_demo_file(path: str | Path, spec: EnvSpec) -> dict:
@@ -335,17 +358,52 @@ def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
     return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
 
 
-def load_demos(env_id: str, num: int, path: str | None = None, seed: int = 0) -> dict:
-    """The first ``num`` episodes of a user file (``path``) or of the shipped expert's cached demos."""
+def load_demos(env_id: str, num: int | None, path: str | None = None, seed: int = 0) -> dict:
+    """The first ``num`` episodes of a user file (``path``) or of the expert's cached demos. ``num`` None
+    means every episode of the file (said on stdout), or DEFAULT_NUM_DEMOS of the expert's."""
+    return load_demos_with_heldout(env_id, num, 0, path, seed)[0]
+
+
+def load_demos_with_heldout(env_id: str, num: int | None, heldout: int | None, path: str | None = None,
+                            seed: int = 0) -> tuple[dict, dict]:  # fmt: skip
+    """Training episodes and the ``heldout`` episodes after them (for scoring a recovered reward).
+
+    From a file: ``num`` None trains on every episode the held-out ones leave; ``heldout`` None holds out
+    up to 5 episodes beyond those trained on, and none when the file has no more.
+    From the expert: ``num`` None is DEFAULT_NUM_DEMOS, ``heldout`` None is 5.
+    """
+    for flag, value in (("--num-demos", num), ("--heldout-demos", heldout)):
+        if value is not None and value < (1 if flag == "--num-demos" else 0):
+            raise CleanILError(f"{flag} must be at least {1 if flag == '--num-demos' else 0}, got {value}")
     spec = env_spec(env_id)
-    if num < 1:
-        raise CleanILError(f"--num-demos must be at least 1, got {num}")
-    if path is not None:
-        return first_episodes(load_demo_file(path, spec), num, path)
-    load_expert_metadata(env_id)  # clear error if none ships
+    if path is None:
+        num, heldout = num or DEFAULT_NUM_DEMOS, 5 if heldout is None else heldout
+        data = expert_demos(env_id, spec, num + heldout, seed)
+        return episodes(data, 0, num), (episodes(data, num, num + heldout) if heldout else {})
+    return select_episodes(load_demo_file(path, spec), num, heldout, path)
+
+
+def select_episodes(data: dict, num: int | None, heldout: int | None, path: str) -> tuple[dict, dict]:
+    """Training and held-out episodes of a user's demo file, as ``load_demos_with_heldout`` describes."""
+    total = len(episode_ends(data))
+    if num is None:
+        num = total - (heldout or 0)
+        if num < 1:
+            raise CleanILError(f"demo file {path} holds {total} episode(s): none is left to train on "
+                               f"after --heldout-demos {heldout}")  # fmt: skip
+        print(f"{path}: imitating {'all ' * (num == total)}{num} of its {total} episode(s) (--num-demos not given)")
+    heldout = min(5, max(0, total - num)) if heldout is None else heldout
+    if num + heldout > total:
+        asked = " + ".join([f"--num-demos {num}"] + [f"--heldout-demos {heldout}"] * (heldout > 0))
+        raise CleanILError(f"demo file {path} holds {total} episode(s), but {asked} = {num + heldout} were asked for")
+    return episodes(data, 0, num), (episodes(data, num, num + heldout) if heldout else {})
+
+
+def expert_demos(env_id: str, spec: EnvSpec, num: int, seed: int) -> dict:
+    """``num`` episodes of the expert, rolled out once and cached (the cache key includes the expert's hash)."""
+    load_expert_metadata(env_id)  # clear error if there is no expert
     digest = hashlib.sha256(expert_paths(env_id)[0].read_bytes()).hexdigest()[:10]
-    cache = Path(os.environ.get("CLEANIL_CACHE", Path.home() / ".cache" / "cleanil")) / "demos"
-    file = cache / f"{env_id}__n{num}__seed{seed}__{digest}.npz"
+    file = cache_dir() / "demos" / f"{env_id}__n{num}__seed{seed}__{digest}.npz"
     if not file.exists():  # leaves the global RNGs as they were: a run is the same with or without a cache
         np_state = np.random.get_state()
         with torch.random.fork_rng(devices=[]):

@@ -29,7 +29,8 @@ authors' "regularize" setting for online runs).
 - V(s') uses Polyak-averaged target networks (--use-target).
 - The recovered reward r = Q(s, a) - gamma V(s') is scored against the env's true reward two ways
   (Pearson correlations): per transition on held-out expert transitions (reward/pearson_heldout, at
-  every evaluation), and per episode, as in the authors' code, between the recovered and the true
+  every evaluation; --heldout-demos episodes after the imitated ones, skipped when there are none),
+  and per episode, as in the authors' code, between the recovered and the true
   returns of --reward-episodes episodes of the final policy (reward/pearson_episodes, at the end).
   The Q network(s) and actor are saved to runs/<run>/reward.pt, from which r can be recomputed.
 
@@ -40,7 +41,7 @@ demonstration, 3k updates; normalized ~1.0 in under a minute)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -63,8 +64,9 @@ class Args:
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
     total_steps: int = 100_000
     """environment steps (online) or gradient updates (offline)"""
-    num_demos: int = 10
-    """expert episodes to imitate"""
+    num_demos: int | None = None
+    """expert episodes to imitate (the first ones of --demos); default: every episode of --demos that
+    --heldout-demos leaves, else 10"""
     demos: str | None = None
     """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
     eval_every: int = 5_000
@@ -124,8 +126,9 @@ class Args:
     """replay capacity (online)"""
     learning_starts: int = 5_000
     """online: env steps of random actions before updates start"""
-    heldout_demos: int = 5
-    """extra expert episodes held out to score the recovered reward"""
+    heldout_demos: int | None = None
+    """expert episodes after the imitated ones, held out to score the recovered reward (0: skip the scoring);
+    default: 5, or with --demos as many of the file's episodes beyond --num-demos as there are, up to 5"""
     reward_episodes: int = 20
     """episodes of the final policy whose recovered and true returns are correlated (0: skip)"""
     log_every: int = 1_000
@@ -266,9 +269,9 @@ def update(m: Learner, b: dict, args: Args) -> dict:
 
 
 # ---------------------------------------------------------------- evaluation and data (run plumbing)
-def demo_tensors(data: dict, discrete: bool, device: torch.device, lo: int = 0, hi: int | None = None) -> dict:
-    """Rows lo:hi of demo-format arrays as the tensors the updates and the reward scoring read."""
-    t = {k: torch.as_tensor(np.asarray(data[k][lo:hi]), device=device) for k in envs.DEMO_KEYS}
+def demo_tensors(data: dict, discrete: bool, device: torch.device) -> dict:
+    """Demo-format arrays as the tensors the updates and the reward scoring read."""
+    t = {k: torch.as_tensor(np.asarray(data[k]), device=device) for k in envs.DEMO_KEYS}
     act = t["actions"] if discrete else t["actions"].float()
     return {"obs": t["obs"].float(), "act": act, "next_obs": t["next_obs"].float(),
             "done": t["terminated"].float(), "rew": t["rewards"].float()}  # fmt: skip
@@ -284,7 +287,8 @@ def evaluate(m: Learner, args: Args, env_id: str, heldout: dict, final: bool) ->
     transition, and (``final``) per episode of the policy."""
     policy = envs.numpy_policy(m.actor, m.log_alpha.device)
     metrics = envs.evaluate(policy, env_id, args.eval_episodes, args.seed)
-    scores = {"reward/pearson_heldout": pearson(recovered_reward(m, heldout, args.gamma), heldout["rew"].cpu().numpy())}
+    scores = {"reward/pearson_heldout": pearson(recovered_reward(m, heldout, args.gamma), heldout["rew"].cpu().numpy())
+              if heldout else None}  # fmt: skip
     if final and args.reward_episodes:  # per episode: recovered vs true returns
         seed = envs.EVAL_SEED_BASE + 10_000 * args.seed + 5_000  # episodes apart from the evaluation's
         episodes = envs.rollout(policy, env_id, args.reward_episodes, seed, record=True)
@@ -311,21 +315,19 @@ def main(args: Args) -> dict:
     device = runs.get_device(args.device)
     if args.learn_temp and spec.discrete:
         raise envs.CleanILError("--learn-temp applies to continuous actions only")
-    if args.heldout_demos < 1 or args.num_demos < 1:
-        raise envs.CleanILError("--num-demos and --heldout-demos must be at least 1")
     if args.reward_episodes == 1 or args.reward_episodes < 0:
         raise envs.CleanILError("--reward-episodes must be 0 (skip) or at least 2 (a correlation needs two)")
     if args.num_critics < 1:
         raise envs.CleanILError("--num-critics must be at least 1")
     runs.check_budget(args, off_policy=not args.offline)
     runs.set_seed(args.seed)
-    demos = envs.load_demos(env_id, args.num_demos + args.heldout_demos, args.demos)
-    # training rows: the first num_demos episodes; the rest are held out to score the recovered reward
-    cut = np.flatnonzero(demos["terminated"] | demos["truncated"])[args.num_demos - 1] + 1
-    expert, heldout = (
-        demo_tensors(demos, spec.discrete, device, 0, cut),
-        demo_tensors(demos, spec.discrete, device, cut),
-    )
+    demos, held = envs.load_demos_with_heldout(env_id, args.num_demos, args.heldout_demos, args.demos)
+    n_held = len(envs.episode_ends(held)) if held else 0
+    args = replace(args, num_demos=len(envs.episode_ends(demos)), heldout_demos=n_held)  # recorded in config.json
+    if not n_held:
+        print("no held-out demos: the recovered reward is not scored on held-out expert transitions")
+    expert = demo_tensors(demos, spec.discrete, device)
+    heldout = demo_tensors(held, spec.discrete, device) if n_held else {}
     m = make_learner(spec, args, expert["obs"].mean(0), expert["obs"].std(0).clamp_min(1e-3), device)
     step_fn = nets.maybe_compile(lambda b: update(m, b, args), args.compile, args.total_steps, args.cudagraphs)
 

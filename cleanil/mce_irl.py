@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import gymnasium as gym
@@ -66,8 +66,9 @@ class Args:
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
     total_steps: int = 2_000
     """maximum number of reward updates (Adam steps)"""
-    num_demos: int = 100
-    """number of expert trajectories sampled from the expert (ignored with --exact)"""
+    num_demos: int | None = None
+    """expert trajectories to imitate (ignored with --exact); default: every episode of --demos, else 100
+    sampled from the expert"""
     demos: str | None = None
     """path to a .npz demo file with integer obs and actions; by default trajectories are sampled from the expert"""
     eval_every: int = 100
@@ -362,10 +363,10 @@ def demo_occupancy(demos: dict, mdp: TabularMDP, gamma: float, horizon: int | No
     return torch.tensor(rho / len(ends))
 
 
-def load_tabular_demos(path: str, env_id: str, mdp: TabularMDP, num: int) -> dict:
+def load_tabular_demos(path: str, env_id: str, mdp: TabularMDP, num: int | None) -> dict:
     """A user's .npz: integer obs in [0, S) and actions in [0, A), episodes marked as in the README."""
     spec = envs.EnvSpec(env_id, mdp.n_states - 1, True, mdp.n_actions, obs_discrete=True)
-    return envs.first_episodes(envs.load_demo_file(path, spec), num, path)
+    return envs.select_episodes(envs.load_demo_file(path, spec), num, 0, path)[0]
 
 
 # -------------------------------------------------------------------------- outputs (run plumbing)
@@ -395,7 +396,7 @@ def save_heat_map(path: str, mdp: TabularMDP, learned: torch.Tensor) -> None:
 # -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
     device = runs.get_device(args.device)
-    runs.check_budget(args, names=("total_steps", "eval_every"))  # evaluation is exact: no episodes
+    runs.check_budget(args, names=("total_steps", "eval_every", "num_demos"))  # evaluation is exact: no episodes
     if args.infinite and not 0 <= args.gamma < 1:
         raise envs.CleanILError(f"--infinite needs --gamma in [0, 1), got {args.gamma}")
     if args.expert_temperature <= 0:
@@ -434,7 +435,10 @@ def main(args: Args) -> dict:
         if args.demos is not None:
             demos = load_tabular_demos(args.demos, env_id, mdp, args.num_demos)
         else:
-            demos = sample_trajectories(expert_log_pi, mdp, args.num_demos, args.seed)
+            demos = sample_trajectories(
+                expert_log_pi, mdp, 100 if args.num_demos is None else args.num_demos, args.seed
+            )
+        args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
         rho_expert = demo_occupancy(demos, mdp, args.gamma, horizon).to(device)
         source = f"{args.num_demos} demonstrations ({len(demos['obs'])} transitions)"
 

@@ -324,8 +324,8 @@ def flag_value(argv: list[str], name: str) -> str | None:
 
 def parse_args(args_cls: type, config_dir: str) -> Any:
     """Parse flags with tyro. Defaults come from the saved config.json of the run given to
-    ``--resume`` if any, else from ``configs/<config_dir>/<EnvId>.yaml`` if it exists; flags given
-    on the command line win over both."""
+    ``--resume`` if any, else from ``configs/<config_dir>/<EnvId>.yaml`` if it exists (less its episode
+    counts when ``--demos`` names a file: those are the file's); flags given on the command line win over both."""
     argv, loaded, fields = sys.argv[1:], {}, args_cls.__dataclass_fields__
     resume, env = flag_value(argv, "resume"), flag_value(argv, "env")
     if "-h" in argv or "--help" in argv:
@@ -344,6 +344,8 @@ def parse_args(args_cls: type, config_dir: str) -> Any:
             unknown = sorted(set(loaded) - set(fields))
             if unknown:
                 raise CleanILError(f"{path} sets unknown field(s) {', '.join(unknown)}")
+            if flag_value(argv, "demos") is not None:  # its episode counts are of the expert's demos, not a file's
+                loaded = {k: v for k, v in loaded.items() if k not in ("num_demos", "heldout_demos")}
             print(f"defaults from {path.relative_to(REPO_ROOT)}: {loaded}")
     defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()}
     return tyro.cli(args_cls, default=args_cls(**defaults) if defaults else None)

@@ -1,4 +1,5 @@
-"""Train an expert policy with cleanil's own RL code and ship it under cleanil/experts/.
+"""Train an expert policy with cleanil's own RL code: a user's own (under $CLEANIL_CACHE/experts) or one to
+ship under cleanil/experts/ (--out-dir cleanil/experts).
 
 - PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) or DQN (Mnih et al. 2015,
   https://doi.org/10.1038/nature14236) for discrete actions; SAC (Haarnoja et al. 2018,
@@ -61,8 +62,10 @@ class Args:
     """write runs/<run>/checkpoint.pt every this many env steps; also at the end and on Ctrl-C/SIGTERM"""
     resume: str | None = None
     """run directory (runs/<name>) to continue from its last checkpoint, with its saved settings as defaults"""
-    out_dir: str = str(envs.EXPERT_DIR)
-    """where to write <EnvId>.pt and <EnvId>.json"""
+    out_dir: str | None = None
+    """where to write <EnvId>.pt and <EnvId>.json; default: the user's experts, $CLEANIL_CACHE/experts
+    (~/.cache/cleanil/experts), where every script looks for experts the package does not ship;
+    the package's own experts are written with --out-dir cleanil/experts"""
     replace: bool = False
     """replace an existing expert even if the new one scores lower"""
     run_dir: str = "runs"
@@ -381,15 +384,18 @@ def main(args: Args) -> dict:
     print(f"{env_id}: expert {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, random {rand.mean():.1f} "
           f"over {args.final_eval_episodes} episodes")  # fmt: skip
     (run.dir / "expert.json").write_text(json.dumps(meta, indent=2))
-    out_pt, out_json = Path(args.out_dir) / f"{env_id}.pt", Path(args.out_dir) / f"{env_id}.json"
+    out_dir = Path(args.out_dir) if args.out_dir else envs.expert_dirs()[1]
+    out_pt, out_json = out_dir / f"{env_id}.pt", out_dir / f"{env_id}.json"
     old = json.loads(out_json.read_text())["return_mean"] if out_json.exists() else -float("inf")
     if args.replace or meta["return_mean"] > old:
         out_pt.parent.mkdir(parents=True, exist_ok=True)
         envs.save_policy(out_pt, best, spec, args.hidden)
         out_json.write_text(json.dumps(meta, indent=2) + "\n")
         print(f"wrote {out_pt} and {out_json}")
+        if (envs.EXPERT_DIR / out_json.name).exists() and envs.EXPERT_DIR.resolve() != out_dir.resolve():
+            print(f"note: cleanil ships an expert for {env_id}, which the scripts use before this one")
     else:
-        print(f"kept the existing expert in {args.out_dir} ({old:.1f} >= {meta['return_mean']:.1f}); --replace forces")
+        print(f"kept the existing expert in {out_dir} ({old:.1f} >= {meta['return_mean']:.1f}); --replace forces")
     run.logger.close()
     return meta
 

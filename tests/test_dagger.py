@@ -100,9 +100,9 @@ def test_bad_expert_is_one_clear_error(tmp_path, expert, needle):
     assert needle in str(err.value)
 
 
-def test_demos_without_a_count_is_an_error(tmp_path):
+def test_demos_with_a_zero_count_is_an_error(tmp_path):
     with pytest.raises(envs.CleanILError, match="--demos needs --num-demos >= 1"):
-        dagger.main(dagger.Args(env="CartPole", demos="d.npz", run_dir=str(tmp_path)))
+        dagger.main(dagger.Args(env="CartPole", demos="d.npz", num_demos=0, run_dir=str(tmp_path)))
 
 
 def test_bad_expert_on_the_command_line(tmp_path):

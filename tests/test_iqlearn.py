@@ -98,7 +98,7 @@ def test_smoke_all_modes(tmp_path, env, mode):
 def test_bad_input_gets_one_line(tmp_path):
     cases = [
         (("--env", "CartPole", "--learn-temp"), "--learn-temp applies to continuous actions only"),
-        (("--env", "Pendulum", "--heldout-demos", "0"), "--heldout-demos must be at least 1"),
+        (("--env", "Pendulum", "--heldout-demos", "-1"), "--heldout-demos must be at least 0"),
         (("--env", "Pendulum", "--num-critics", "0"), "--num-critics must be at least 1"),
         (("--env", "Pendulum", "--reward-episodes", "1"), "--reward-episodes must be 0 (skip) or at least 2"),
         (("--env", "Pendulum", "--demos", str(tmp_path / "missing.npz")), "missing.npz"),

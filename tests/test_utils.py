@@ -59,7 +59,7 @@ def test_normalized_score():
 
 def test_bad_expert_metadata_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(envs, "EXPERT_DIR", tmp_path)
-    with pytest.raises(envs.CleanILError, match="no shipped expert for CartPole-v1"):
+    with pytest.raises(envs.CleanILError, match="no expert for CartPole-v1"):
         envs.load_expert_metadata("CartPole-v1")
     (tmp_path / "CartPole-v1.json").write_text(json.dumps({"env_id": "CartPole-v1"}))
     with pytest.raises(envs.CleanILError, match="lacks a valid 'algo' field"):
