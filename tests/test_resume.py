@@ -69,6 +69,8 @@ CASES = {
         37,
         True,
     ),
+    "sqil_sac": ("sqil", {"env": "Pendulum", **SAC}, 170, False),
+    "sqil_discrete": ("sqil", {"env": "CartPole", **SAC}, 170, False),
     "mce_irl": (
         "mce_irl",
         {
@@ -100,6 +102,8 @@ SAVED = {
     "airl_ppo": (PPO_STATE | {"reward", "disc_opt"}, set()),
     "iqlearn_online": ({"critics", "targets", "actor", "log_alpha", "critic_opt", "actor_opt", "replay"}, set()),
     "iqlearn_offline": ({"critics", "targets", "actor", "log_alpha", "critic_opt"}, set()),
+    "sqil_sac": ({"critic", "target", "actor", "log_alpha", "critic_opt", "actor_opt", "alpha_opt", "replay"}, set()),
+    "sqil_discrete": ({"critic", "target", "log_alpha", "critic_opt", "replay"}, set()),
     "mce_irl": ({"reward_net", "optimizer", "schedule"}, set()),
     "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
     "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
@@ -216,7 +220,9 @@ def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch, signal_guar
     assert signal.getsignal(signal.SIGINT) is signal_guard  # the run gave its handler back
 
 
-@pytest.mark.parametrize("case", ["bc", "dagger", "gail_sac", "airl_ppo", "iqlearn_online", "mce_irl", "drlhp_ppo"])
+@pytest.mark.parametrize(
+    "case", ["bc", "dagger", "gail_sac", "airl_ppo", "iqlearn_online", "sqil_discrete", "mce_irl", "drlhp_ppo"]
+)
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, monkeypatch, signal_guard):
     mod, args, k, _ = make_args(case, tmp_path, "run")
 
