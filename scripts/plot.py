@@ -276,17 +276,18 @@ def main(args: Args) -> None:
             else []
         ),
     ]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text("\n".join(lines))
     print(f"wrote {out / 'README.md'} ({len(groups)} algorithm x env rows)")
     if args.readme:
         write_between_markers(envs.REPO_ROOT / args.readme, headline(groups))
         print(f"updated the results table in {args.readme}")
     if args.plots:
-        for env in envs:
+        for env in env_ids:
             plot_env(env, groups, out / "curves" / f"{env}.png")
         for env in query_envs:
             plot_env(env, groups, out / "curves" / f"{env}__queries.png", by_queries=True)
-        print(f"wrote {len(envs) + len(query_envs)} plots under {out / 'curves'}")
+        print(f"wrote {len(env_ids) + len(query_envs)} plots under {out / 'curves'}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ def test_auc_and_table_rows(tmp_path: Path):
     assert plot.all_reach([record(1, [0.0, 0.95]), record(2, [0.5, 0.85])]) == "1/2 seeds"
 
 
+def test_learning_curves_are_drawn(tmp_path: Path):
+    folder = tmp_path / "records" / "gail"
+    folder.mkdir(parents=True)
+    for seed, ys in [(1, [0.0, 0.5, 1.0]), (2, [0.0, 1.0, 0.8])]:
+        (folder / f"Toy-v0__seed{seed}.json").write_text(json.dumps(record(seed, ys)))
+    res = run_cli("scripts/plot.py", "--records", str(tmp_path / "records"), "--out-dir", str(tmp_path / "out"),
+                  "--readme", "None")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    png = (tmp_path / "out" / "curves" / "Toy-v0.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
 def test_reward_correlation_table(tmp_path: Path):
     folder = tmp_path / "records" / "iqlearn"
     folder.mkdir(parents=True)
