@@ -252,8 +252,9 @@ def act(m: Learner, obs: np.ndarray, device: torch.device) -> np.ndarray:
     """An action of the current policy: a ~ softmax(Q / alpha) (discrete) or the actor's sample."""
     with torch.no_grad():
         o = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        if m.discrete:
-            return torch.distributions.Categorical(logits=m.actor(o) / m.log_alpha.exp()).sample().cpu().numpy()
+        if m.discrete:  # Gumbel-max: argmax_a Q(s, a) / alpha + g_a, g_a ~ Gumbel(0, 1) (NaN Q: no exception,
+            logits = m.actor(o) / m.log_alpha.exp()  # so that the run's non-finite guard reports it)
+            return (logits - torch.log(-torch.log(torch.rand_like(logits)))).argmax(-1).cpu().numpy()
         return m.actor.sample(o)[0].cpu().numpy()
 
 

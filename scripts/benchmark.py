@@ -39,7 +39,7 @@ import tyro
 
 from cleanil import envs, runs
 
-ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "mce_irl", "drlhp", "sac")
+ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp", "sac")
 # sac: the RL reference on the env's true reward (scripts/train_expert.py, settings from
 # configs/train_expert/), e.g. what DRLHP's learned reward is compared with at the same env steps;
 # its best policy is written inside the run, never over the shipped experts
@@ -49,10 +49,11 @@ MUJOCO = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
 # the envs each algorithm is benchmarked on, per suite (settings come from configs/<algo>/<EnvId>.yaml)
 SUITES = {
     "classic": {"bc": CLASSIC, "dagger": CLASSIC, "gail": ("CartPole", "Pendulum"), "airl": ("CartPole", "Pendulum"),
-                "iqlearn": ("CartPole", "Acrobot"), "sqil": ("CartPole", "Pendulum"), "drlhp": ("CartPole", "Pendulum"),
+                "iqlearn": ("CartPole", "Acrobot"), "sqil": ("CartPole", "Pendulum"),
+                "density": ("CartPole", "Pendulum"), "drlhp": ("CartPole", "Pendulum"),
                 "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4")},
     "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn", "sqil")}
-              | {"drlhp": ("HalfCheetah", "Hopper")},
+              | {"drlhp": ("HalfCheetah", "Hopper"), "density": ("HalfCheetah", "Hopper")},
 }  # fmt: skip
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
 RUNNING: set[subprocess.Popen] = set()  # the training processes under way

@@ -71,6 +71,13 @@ CASES = {
     ),
     "sqil_sac": ("sqil", {"env": "Pendulum", **SAC}, 170, False),
     "sqil_discrete": ("sqil", {"env": "CartPole", **SAC}, 170, False),
+    "density_sac": (
+        "density",
+        {"env": "Pendulum", "ratio": True, "policy_samples": 50, "refit_every": 100, **SAC},
+        170,
+        False,
+    ),
+    "density_ppo": ("density", {"env": "CartPole", **PPO}, 256, False),
     "mce_irl": (
         "mce_irl",
         {
@@ -104,6 +111,8 @@ SAVED = {
     "iqlearn_offline": ({"critics", "targets", "actor", "log_alpha", "critic_opt"}, set()),
     "sqil_sac": ({"critic", "target", "actor", "log_alpha", "critic_opt", "actor_opt", "alpha_opt", "replay"}, set()),
     "sqil_discrete": ({"critic", "target", "log_alpha", "critic_opt", "replay"}, set()),
+    "density_sac": (SAC_STATE | {"recent", "recent_count"}, set()),
+    "density_ppo": (PPO_STATE | {"recent", "recent_count"}, set()),
     "mce_irl": ({"reward_net", "optimizer", "schedule"}, set()),
     "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
     "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),

@@ -188,7 +188,7 @@ def test_sigterm_to_the_benchmark_checkpoints_its_runs(tmp_path):
     assert (metrics.parent / "checkpoint.pt").exists() and not (tmp_path / "rec").exists()
 
 
-@pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "sqil", "mce_irl", "drlhp"])
+@pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp"])
 def test_help_explains_every_flag(algo):
     import importlib
 
