@@ -8,6 +8,14 @@ normalized at least once, the budget (env steps, or gradient updates for algorit
 interaction), demos, wall-clock and env steps/s. One PNG per env draws the
 normalized return against steps, one line per variant (mean over seeds, shaded min to max).
 
+Interval estimates (Agarwal et al. 2021, "Deep Reinforcement Learning at the Edge of the Statistical
+Precipice", NeurIPS), computed with their library rliable: the interquartile mean (IQM) of the final and
+of the AUC normalized return with a 95% stratified bootstrap interval (seeds resampled within each env),
+per algorithm and env, and aggregated over the four MuJoCo envs; the probability that one algorithm's
+final normalized return beats another's on a MuJoCo env drawn at random, with its interval; and two PNGs,
+intervals.png (the aggregate IQMs) and profiles.png (performance profiles: the share of runs above each
+normalized score). The bootstrap's seed is fixed, so the tables reproduce byte for byte.
+
 Nothing here is computed from anything but the records, and the output is deterministic: running it
 on the committed records reproduces the committed README byte for byte.
 
@@ -16,9 +24,13 @@ Run: python scripts/plot.py
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +38,9 @@ import numpy as np
 from cleanil import envs, runs
 
 REACH = 0.9  # the "reaches" column: the step by which every seed's normalized return has been >= this
+BOOTSTRAP_REPS, BOOTSTRAP_SEED = 2000, 0  # stratified bootstrap resamples per interval, and their fixed seed
+MUJOCO_ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")
+COMPARED = ("gail", "airl", "iqlearn", "sqil", "bc", "dagger")  # the probability-of-improvement pairs, in order
 
 
 @dataclass
@@ -91,6 +106,147 @@ def mean_std(values: list[float | None]) -> str:
     if not vals:
         return "n/a"
     return f"{np.mean(vals):.3f} +- {np.std(vals):.3f}"
+
+
+# ------------------------------------------------------------------------- interval estimates (rliable)
+def rliable() -> tuple:
+    try:
+        from rliable import library, metrics
+    except ImportError:
+        raise envs.CleanILError("scripts/plot.py needs rliable for its interval estimates: "
+                                "pip install -e '.[plots]'") from None  # fmt: skip
+    return library, metrics
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean over all runs and envs (rliable's metrics.aggregate_iqm)."""
+    return float(rliable()[1].aggregate_iqm(scores))
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) averaged over envs: per env, the share of run pairs (x_i, y_j) with x_i > y_j, ties counting
+    half (Mann-Whitney's U / (n_x n_y)). rliable's metrics.probability_of_improvement, vectorized: its
+    scipy call per env and resample would make the bootstrap take minutes."""
+    pairs_gt, pairs_eq = x[:, None, :] > y[None, :, :], x[:, None, :] == y[None, :, :]
+    return float((pairs_gt.mean((0, 1)) + 0.5 * pairs_eq.mean((0, 1))).mean())
+
+
+@functools.cache
+def _interval(func: Callable, *scores: tuple) -> tuple[float, float, float]:
+    library, _ = rliable()
+    with warnings.catch_warnings():  # arch's notice that it will take a numpy Generator instead of a RandomState
+        warnings.simplefilter("ignore", FutureWarning)
+        point, ci = library.get_interval_estimates({"x": [np.array(s) for s in scores]},
+                                                   lambda *s: np.array([func(*s)]), reps=BOOTSTRAP_REPS,
+                                                   random_state=np.random.RandomState(BOOTSTRAP_SEED))  # fmt: skip
+    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
+
+
+def interval(func: Callable, *scores: np.ndarray) -> tuple[float, float, float]:
+    """Point estimate and 95% stratified bootstrap interval (rliable) of ``iqm`` on one (runs, envs) array or
+    ``probability_of_improvement`` on two, runs resampled within each env (remembered: the tables and the
+    plots ask for the same ones)."""
+    return _interval(func, *(tuple(map(tuple, s)) for s in scores))
+
+
+def seed_interval(values: list[float]) -> tuple[float, float, float]:
+    """The IQM over one env's seeds and its 95% percentile bootstrap interval: the stratified bootstrap with a
+    single stratum, by scipy's vectorized bootstrap (rliable's loop would take minutes over every row)."""
+    from scipy import stats
+
+    x = np.array(values, float)
+    iqm = partial(stats.trim_mean, proportiontocut=0.25)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return float(iqm(x)), float(x.min()), float(x.max())
+    res = stats.bootstrap((x,), iqm, vectorized=True, n_resamples=BOOTSTRAP_REPS, method="percentile",
+                          rng=np.random.default_rng(BOOTSTRAP_SEED))  # fmt: skip
+    return float(iqm(x)), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def fmt_interval(est: tuple[float, float, float]) -> str:
+    return f"{est[0]:.3f} [{est[1]:.3f}, {est[2]:.3f}]"
+
+
+def final_and_auc(recs: list[dict]) -> tuple[list, list]:
+    return [r["final_normalized_return"] for r in recs], [auc(r) for r in recs]
+
+
+def interval_table(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Per (variant, env): the IQM over seeds of the final and the AUC normalized return, with intervals."""
+    lines = ["| algorithm | env | seeds | final normalized IQM [95% CI] | AUC normalized IQM [95% CI] |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for (variant, env), recs in by_env(groups):
+        final, area = final_and_auc(recs)
+        if any(v is None for v in final + area):
+            continue
+        cells = [fmt_interval(seed_interval(v)) for v in (final, area)]
+        lines.append(f"| {variant} | {env} | {','.join(str(r['seed']) for r in recs)} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def mujoco_scores(groups: dict[tuple[str, str], list[dict]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Algorithm (no tagged variants) -> (final, AUC) normalized returns shaped (seeds, MuJoCo envs), for those
+    with records on all four envs; the seeds every env has."""
+    out = {}
+    for algo in sorted({v for v, _ in groups if "__" not in v}):
+        recs = [groups.get((algo, env), []) for env in MUJOCO_ENVS]
+        seeds = sorted(set.intersection(*[{r["seed"] for r in rs} for rs in recs]))
+        if seeds:
+            rows = [[next(r for r in rs if r["seed"] == s) for rs in recs] for s in seeds]
+            out[algo] = tuple(np.array([[f(r) for r in row] for row in rows], float)
+                              for f in (lambda r: r["final_normalized_return"], auc))  # fmt: skip
+    return out
+
+
+def aggregate_table(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    lines = ["| algorithm | seeds per env | final normalized IQM [95% CI] | AUC normalized IQM [95% CI] |",
+             "|---|---|---|---|"]  # fmt: skip
+    for algo, (final, area) in scores.items():
+        cells = [fmt_interval(interval(iqm, s)) for s in (final, area)]
+        lines.append(f"| {algo} | {len(final)} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def improvement_table(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """P(X > Y): the probability that X's final normalized return beats Y's on a MuJoCo env drawn at random
+    (Mann-Whitney per env, averaged over envs), on the seeds both have."""
+    algos = [a for a in COMPARED if a in scores]
+    lines = ["| X | Y | P(X > Y) [95% CI] |", "|---|---|---|"]
+    for i, x in enumerate(algos):
+        for y in algos[i + 1 :]:
+            n = min(len(scores[x][0]), len(scores[y][0]))
+            est = interval(probability_of_improvement, scores[x][0][:n], scores[y][0][:n])
+            lines.append(f"| {x} | {y} | {fmt_interval(est)} |")
+    return lines if len(lines) > 2 else []
+
+
+def plot_aggregates(scores: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> None:
+    """intervals.png (aggregate IQMs with their intervals) and profiles.png (performance profiles), MuJoCo."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import plot_utils
+
+    colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(scores)}
+    point = {a: np.array([interval(iqm, s)[0] for s in v]) for a, v in scores.items()}
+    ci = {a: np.array([interval(iqm, s)[1:] for s in v]).T for a, v in scores.items()}
+    fig, _ = plot_utils.plot_interval_estimates(point, ci, ["final IQM", "AUC IQM"], algorithms=list(scores),
+                                                colors=colors, xlabel="normalized return (MuJoCo)",
+                                                xlabel_y_coordinate=-0.3, row_height=0.5)  # fmt: skip
+    fig.savefig(out / "intervals.png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    library, _ = rliable()
+    taus = np.linspace(0, 1.2, 61)
+    np.random.seed(BOOTSTRAP_SEED)  # create_performance_profile draws from numpy's global generator
+    profiles, profile_cis = library.create_performance_profile({a: v[0] for a, v in scores.items()}, taus)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_cis, ax=ax, colors=colors,
+                                         xlabel="final normalized return (tau)")  # fmt: skip
+    ax.legend([plt.Line2D([0], [0], color=colors[a], lw=2) for a in scores], list(scores), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "profiles.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
 
 
 def by_env(groups: dict[tuple[str, str], list[dict]]) -> list[tuple[tuple[str, str], list[dict]]]:
@@ -220,6 +376,8 @@ def main(args: Args) -> None:
     env_ids = sorted({env for _, env in groups})
     query_envs = sorted({env for (_, env), recs in groups.items() if has_queries(recs)})
     rewards, against_sac = reward_table(groups), sac_table(groups)
+    scores = mujoco_scores(groups)
+    aggregate, improvement = aggregate_table(scores), improvement_table(scores)
     lines = [
         "# Benchmark results",
         "",
@@ -261,6 +419,45 @@ def main(args: Args) -> None:
             if against_sac
             else []
         ),
+        "## Interval estimates",
+        "",
+        "Interquartile mean (IQM) over seeds with a 95% stratified bootstrap interval (rliable, "
+        f"{BOOTSTRAP_REPS} resamples, seed {BOOTSTRAP_SEED}),",
+        "of the final and of the AUC normalized return. With 3 to 5 seeds an interval is wide: it says how",
+        "little a few seeds pin down.",
+        "",
+        *interval_table(groups),
+        "",
+        *(
+            [
+                "### Aggregated over the MuJoCo envs",
+                "",
+                "IQM over all runs on HalfCheetah, Hopper, Walker2d and Ant together (seeds resampled within",
+                "each env), for the algorithms with records on all four.",
+                "",
+                *aggregate,
+                "",
+                "![aggregate IQMs](intervals.png)",
+                "",
+                "![performance profiles](profiles.png)",
+                "",
+            ]
+            if scores
+            else []
+        ),
+        *(
+            [
+                "### Probability of improvement",
+                "",
+                "P(X > Y): the probability that X's final normalized return beats Y's on a MuJoCo env drawn",
+                "at random (Mann-Whitney per env, averaged), with a 95% stratified bootstrap interval.",
+                "",
+                *improvement,
+                "",
+            ]
+            if improvement
+            else []
+        ),
         "## Learning curves",
         "",
         *[f"![{env}](curves/{env}.png)" for env in env_ids],
@@ -288,6 +485,9 @@ def main(args: Args) -> None:
         for env in query_envs:
             plot_env(env, groups, out / "curves" / f"{env}__queries.png", by_queries=True)
         print(f"wrote {len(env_ids) + len(query_envs)} plots under {out / 'curves'}")
+        if scores:
+            plot_aggregates(scores, out)
+            print(f"wrote {out / 'intervals.png'} and {out / 'profiles.png'}")
 
 
 if __name__ == "__main__":

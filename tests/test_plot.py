@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, load_script, run_cli
 
@@ -96,3 +97,24 @@ def test_unreadable_record_gets_one_line(tmp_path):
     res = run_cli("scripts/plot.py", "--records", str(tmp_path / "records"), "--out-dir", str(tmp_path))
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "x.json" in res.stderr
+
+
+def test_interval_estimates_on_fixed_arrays():
+    assert plot.iqm(np.array([[1.0], [2.0], [3.0], [4.0]])) == pytest.approx(2.5)  # the middle half: 2 and 3
+    # P(X > Y): pairs (1, 0) and (2, 0) win, (1, 3) and (2, 3) lose; a tie counts half
+    assert plot.probability_of_improvement(np.array([[1.0], [2.0]]), np.array([[0.0], [3.0]])) == 0.5
+    assert plot.probability_of_improvement(np.array([[1.0]]), np.array([[1.0]])) == 0.5
+    from rliable import metrics
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((3, 4)).round(1), rng.random((5, 4)).round(1)  # rounded: ties happen
+    assert plot.probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+    assert plot.seed_interval([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7, 0.7))  # nothing to resample
+    point, low, high = plot.seed_interval([0.2, 0.9, 1.0, 0.95])
+    assert point == pytest.approx((0.9 + 0.95) / 2) and 0.2 <= low <= point <= high <= 1.0
+    assert plot.seed_interval([0.2, 0.9, 1.0, 0.95]) == (point, low, high)  # a fixed seed: the same interval
+    scores = np.array([[0.5, 1.0], [0.7, 0.9], [0.6, 1.1]])
+    point, low, high = plot.interval(plot.iqm, scores)
+    assert point == pytest.approx(plot.iqm(scores)) and low <= point <= high
+    # stratified: runs are resampled within each env, so every resample keeps one of each env's values
+    assert low >= np.sort(scores, 0)[:1].mean() - 1e-9 and high <= np.sort(scores, 0)[-1:].mean() + 1e-9
