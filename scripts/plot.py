@@ -134,11 +134,14 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
 @functools.cache
 def _interval(func: Callable, *scores: tuple) -> tuple[float, float, float]:
     library, _ = rliable()
+    arrays = [np.array(x) for x in scores]
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)  # rliable's resampling draws from numpy's global generator, not random_state
     with warnings.catch_warnings():  # arch's notice that it will take a numpy Generator instead of a RandomState
         warnings.simplefilter("ignore", FutureWarning)
-        point, ci = library.get_interval_estimates({"x": [np.array(s) for s in scores]},
-                                                   lambda *s: np.array([func(*s)]), reps=BOOTSTRAP_REPS,
-                                                   random_state=np.random.RandomState(BOOTSTRAP_SEED))  # fmt: skip
+        point, ci = library.get_interval_estimates({"x": arrays[0] if len(arrays) == 1 else arrays},
+                                                   lambda *s: np.array([func(*s)]), reps=BOOTSTRAP_REPS)  # fmt: skip
+    np.random.set_state(state)
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 

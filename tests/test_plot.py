@@ -118,3 +118,10 @@ def test_interval_estimates_on_fixed_arrays():
     assert point == pytest.approx(plot.iqm(scores)) and low <= point <= high
     # stratified: runs are resampled within each env, so every resample keeps one of each env's values
     assert low >= np.sort(scores, 0)[:1].mean() - 1e-9 and high <= np.sort(scores, 0)[-1:].mean() + 1e-9
+    plot._interval.cache_clear()
+    np.random.seed(123)  # whatever state numpy's global generator is in, the same interval comes out
+    assert plot.interval(plot.iqm, scores) == (point, low, high)
+    pair = plot.interval(plot.probability_of_improvement, scores, scores[::-1] + 0.05)
+    plot._interval.cache_clear()
+    np.random.rand(7)
+    assert plot.interval(plot.probability_of_improvement, scores, scores[::-1] + 0.05) == pair
