@@ -145,7 +145,7 @@ def sqil_rewards(n_expert: int, n_agent: int, device: torch.device) -> torch.Ten
 def soft_bellman_loss(q: torch.Tensor, reward: torch.Tensor, next_v: torch.Tensor, mask: torch.Tensor,
                       gamma: float) -> torch.Tensor:  # fmt: skip
     """delta^2 = E[(Q(s, a) - (r + gamma mask V(s')))^2] per critic, summed over critics (q: [k, batch]).
-    Over a balanced batch this is delta^2(D_demo, 1) + delta^2(D_samp, 0), up to the factor 2."""
+    Over a balanced batch this is (delta^2(D_demo, 1) + delta^2(D_samp, 0)) / 2."""
     y = reward + gamma * mask * next_v
     return (q - y.detach()).pow(2).mean(-1).sum()
 
