@@ -3,7 +3,8 @@ ship under cleanil/experts/ (--out-dir cleanil/experts).
 
 - PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) or DQN (Mnih et al. 2015,
   https://doi.org/10.1038/nature14236) for discrete actions; SAC (Haarnoja et al. 2018,
-  https://arxiv.org/abs/1812.05905) for continuous ones.
+  https://arxiv.org/abs/1812.05905) or PPO (a tanh-squashed Gaussian, its pre-tanh sample stored) for
+  continuous ones.
 - Evaluates every ``--eval-every`` env steps and keeps the best policy by evaluation return
   (runs/<run>/best.pt); writes a full checkpoint (networks, optimizers, replay buffer, RNG states,
   counters) every ``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM, so ``--resume runs/<run>``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import sys
 import time
@@ -43,7 +45,8 @@ class Args:
     env: str = "CartPole"
     """environment: an alias (CartPole, Pendulum, HalfCheetah, ...) or a gymnasium id"""
     algo: Literal["ppo", "dqn", "sac"] | None = None
-    """RL algorithm; None picks sac for continuous and ppo for discrete actions"""
+    """RL algorithm: ppo (any actions), dqn (discrete), sac (continuous); None picks sac for continuous and ppo
+    for discrete actions"""
     seed: int = 0
     """random seed"""
     device: str = "auto"
@@ -157,10 +160,21 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- PPO
+def ppo_sample(actor: torch.nn.Module, obs: torch.Tensor, discrete: bool, action: torch.Tensor | None = None) -> tuple:
+    """(action, log pi(action|s), entropy), sampling the action if none is given. Continuous actions are the
+    pre-tanh Gaussian sample u (the env gets bias + scale tanh(u)); the entropy is the Gaussian's of u."""
+    if discrete:
+        dist = torch.distributions.Categorical(logits=actor(obs))
+        action = dist.sample() if action is None else action
+        return action, dist.log_prob(action), dist.entropy()
+    mean, log_std = actor(obs)
+    action = mean + log_std.exp() * torch.randn_like(mean) if action is None else action
+    entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    return action, actor.log_prob_of_pre_tanh(action, mean, log_std), entropy
+
+
 def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
-    if not spec.discrete:
-        raise envs.CleanILError("train_expert's PPO handles discrete actions only; use --algo sac")
-    actor = nets.CategoricalActor(spec.obs_dim, spec.act_dim, args.hidden).to(device)
+    actor = envs.make_actor(spec, args.hidden).to(device)
     critic = nets.mlp(spec.obs_dim, 1, args.hidden).to(device)
     params = list(actor.parameters()) + list(critic.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
@@ -174,19 +188,20 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
             optimizer.param_groups[0]["lr"] = args.lr * (1 - run.step / args.total_steps)
         buf = {k: torch.zeros(T, n, device=device) for k in ("logp", "rew", "done", "val")}
         buf["obs"] = torch.zeros(T, n, spec.obs_dim, device=device)
-        buf["act"] = torch.zeros(T, n, dtype=torch.long, device=device)
+        buf["act"] = torch.zeros(T, n, dtype=torch.long, device=device) if spec.discrete else torch.zeros(
+            T, n, spec.act_dim, device=device)  # fmt: skip
         for t in range(T):
             with torch.no_grad():
-                dist = torch.distributions.Categorical(logits=actor(obs))
-                action = dist.sample()
+                action, logp, _ = ppo_sample(actor, obs, spec.discrete)
+                env_action = action if spec.discrete else actor.bias + actor.scale * torch.tanh(action)
                 buf["val"][t] = critic(obs).squeeze(-1)
-            next_obs, rew, term, trunc, info = vec_env.step(action.cpu().numpy())
+            next_obs, rew, term, trunc, info = vec_env.step(env_action.cpu().numpy())
             rew = torch.as_tensor(rew, dtype=torch.float32, device=device)
             if trunc.any():  # a time-limit end is not a real end: bootstrap from the final observation
                 final = torch.as_tensor(envs.true_next_obs(next_obs, info), device=device)
                 with torch.no_grad():
                     rew += args.gamma * critic(final).squeeze(-1) * torch.as_tensor(trunc & ~term, device=device)
-            buf["obs"][t], buf["act"][t], buf["logp"][t] = obs, action, dist.log_prob(action)
+            buf["obs"][t], buf["act"][t], buf["logp"][t] = obs, action, logp
             buf["rew"][t], buf["done"][t] = rew, torch.as_tensor(term | trunc, dtype=torch.float32)
             obs = torch.as_tensor(next_obs, device=device)
             run.step += n
@@ -207,14 +222,14 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
         }
         for _ in range(args.update_epochs):
             for idx in torch.randperm(T * n).split(args.batch_size):
-                dist = torch.distributions.Categorical(logits=actor(flat["obs"][idx]))
-                ratio = (dist.log_prob(flat["act"][idx]) - flat["logp"][idx]).exp()
+                _, logp, entropy = ppo_sample(actor, flat["obs"][idx], spec.discrete, flat["act"][idx])
+                ratio = (logp - flat["logp"][idx]).exp()
                 a = flat["adv"][idx]
                 a = (a - a.mean()) / (a.std() + 1e-8)
                 # L_clip = -E[min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)]
                 pg_loss = -torch.min(ratio * a, ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef) * a).mean()
                 v_loss = 0.5 * (critic(flat["obs"][idx]).squeeze(-1) - flat["ret"][idx]).pow(2).mean()
-                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * dist.entropy().mean()
+                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)

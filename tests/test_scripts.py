@@ -35,6 +35,21 @@ def test_train_expert_discrete_smoke(tmp_path, env, flags):
     envs.load_policy(out / "CartPole-v1.pt", envs.env_spec("CartPole-v1"))
 
 
+def test_train_expert_ppo_continuous_smoke(tmp_path):
+    """PPO on a continuous env: a tanh-Gaussian actor, saved and reloadable like SAC's."""
+    out = tmp_path / "experts"
+    res = run_cli("scripts/train_expert.py", "--env", "Pendulum", "--algo", "ppo", "--total-steps", "512",
+                  "--num-envs", "2", "--num-steps", "64", "--eval-every", "256", "--gamma", "0.9",
+                  "--run-dir", str(tmp_path / "runs"), "--out-dir", str(out), *EXPERT_TINY)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "Pendulum-v1.json").read_text())
+    assert meta["algo"] == "ppo" and meta["eval_episodes"] == 3
+    rows = read_metrics(only_run_dir(tmp_path / "runs"))
+    assert [r["global_step"] for r in rows if "losses/policy" in r] == [128, 256, 384, 512]
+    assert all(np.isfinite(r["losses/policy"]) for r in rows if "losses/policy" in r)
+    envs.load_policy(out / "Pendulum-v1.pt", envs.env_spec("Pendulum-v1"))
+
+
 def test_train_expert_sac_resume_continues_and_keeps_better_expert(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "experts"
     common = ("--run-dir", str(runs), "--out-dir", str(out), *EXPERT_TINY)
