@@ -180,7 +180,7 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
     optimizer = torch.optim.Adam(params, lr=args.lr, eps=1e-5)
     vec_env = envs.make_vec_env(spec.env_id, args.num_envs)
     run.restore({"actor": actor, "critic": critic, "optimizer": optimizer})
-    obs = torch.as_tensor(vec_env.reset(seed=args.seed + run.step)[0], device=device)
+    obs = torch.as_tensor(vec_env.reset(seed=args.seed + run.step)[0], dtype=torch.float32, device=device)
     n, T = args.num_envs, args.num_steps
     bar = runs.progress(args.total_steps, "ppo", run.step)
     while run.step < args.total_steps:
@@ -198,12 +198,12 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
             next_obs, rew, term, trunc, info = vec_env.step(env_action.cpu().numpy())
             rew = torch.as_tensor(rew, dtype=torch.float32, device=device)
             if trunc.any():  # a time-limit end is not a real end: bootstrap from the final observation
-                final = torch.as_tensor(envs.true_next_obs(next_obs, info), device=device)
+                final = torch.as_tensor(envs.true_next_obs(next_obs, info), dtype=torch.float32, device=device)
                 with torch.no_grad():
                     rew += args.gamma * critic(final).squeeze(-1) * torch.as_tensor(trunc & ~term, device=device)
             buf["obs"][t], buf["act"][t], buf["logp"][t] = obs, action, logp
             buf["rew"][t], buf["done"][t] = rew, torch.as_tensor(term | trunc, dtype=torch.float32)
-            obs = torch.as_tensor(next_obs, device=device)
+            obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
             run.step += n
             bar.update(n)
         # GAE: delta_t = r_t + gamma V(s_{t+1}) (1 - d_t) - V(s_t), A_t = delta_t + gamma lambda (1 - d_t) A_{t+1}
