@@ -128,6 +128,8 @@ class Args:
     """gradient clipping (PPO)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 (PPO)"""
+    compile: bool | None = None
+    """torch.compile SAC's whole update as one graph; None: only when the run makes >= 20k updates"""
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -307,64 +309,44 @@ def train_dqn(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
     return q
 
 
-class QNetwork(torch.nn.Module):
-    """Q(s, a) for continuous actions: an MLP on the concatenation [s, a]."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)):
-        super().__init__()
-        self.net = nets.mlp(obs_dim + act_dim, 1, hidden)
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
-
-
 def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) -> torch.nn.Module:
     if spec.discrete:
         raise envs.CleanILError("train_expert's SAC handles continuous actions only; use --algo ppo or dqn")
     actor = nets.TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, args.hidden)
     actor = actor.to(device)
-    critics = torch.nn.ModuleList([QNetwork(spec.obs_dim, spec.act_dim, args.hidden) for _ in range(2)])
-    critics = critics.to(device)
+    critics = nets.TwinQNetwork(spec.obs_dim, spec.act_dim, args.hidden).to(device)  # [2, batch] Q-values
     targets = copy.deepcopy(critics).requires_grad_(False)
     temperature = torch.nn.ParameterDict({"log_alpha": torch.nn.Parameter(torch.zeros(1, device=device))})
     log_alpha = temperature["log_alpha"]
     target_entropy = -float(spec.act_dim)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=device.type == "cpu" or None)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=args.lr, fused=device.type == "cpu" or None)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.lr)
+    actor_opt, critic_opt = nets.Adam(actor.parameters(), args.lr), nets.Adam(critics.parameters(), args.lr)
+    alpha_opt = nets.Adam([log_alpha], args.lr)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return actor.sample(obs)[0]
 
-    def update(b: TensorDict) -> dict:
+    def update(b: dict) -> dict:
         alpha = log_alpha.exp().detach()
         # y = r + gamma (1 - terminated) (min_j Q_target_j(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
         with torch.no_grad():
             a2, logp2 = actor.sample(b["next_obs"])
-            q_next = torch.min(targets[0](b["next_obs"], a2), targets[1](b["next_obs"], a2)) - alpha * logp2
-            y = b["rew"] + args.gamma * (1 - b["term"]) * q_next
-        critic_loss = sum(F.mse_loss(c(b["obs"], b["act"]), y) for c in critics)
-        critic_opt.zero_grad()
-        critic_loss.backward()
-        critic_opt.step()
+            y = b["rew"] + args.gamma * (1 - b["term"]) * (targets(b["next_obs"], a2).min(0).values - alpha * logp2)
+        critic_loss = (critics(b["obs"], b["act"]) - y).pow(2).mean(-1).sum()  # sum of the twins' MSEs
+        critic_opt.descend(critic_loss)
         # actor: min E[alpha log pi(a|s) - min_j Q_j(s, a)];  temperature: min E[-alpha (log pi + H_target)]
         a, logp = actor.sample(b["obs"])
-        actor_loss = (alpha * logp - torch.min(critics[0](b["obs"], a), critics[1](b["obs"], a))).mean()
-        actor_opt.zero_grad()
-        actor_loss.backward()
-        actor_opt.step()
-        alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-        alpha_opt.zero_grad()
-        alpha_loss.backward()
-        alpha_opt.step()
+        actor_loss = (alpha * logp - critics(b["obs"], a).min(0).values).mean()
+        actor_opt.descend(actor_loss)
+        alpha_opt.descend(-(log_alpha * (logp.detach() + target_entropy)).mean())
         with torch.no_grad():  # Polyak: theta_target <- (1 - tau) theta_target + tau theta
             torch._foreach_lerp_(list(targets.parameters()), list(critics.parameters()), args.tau)
         return {"losses/critic": critic_loss.detach(), "losses/actor": actor_loss.detach(), "alpha": alpha}
 
+    compiled = nets.maybe_compile(update, args.compile, args.total_steps - args.learning_starts)
     modules = {"actor": actor, "critics": critics, "targets": targets, "actor_opt": actor_opt,
                "critic_opt": critic_opt, "alpha_opt": alpha_opt, "temperature": temperature}  # fmt: skip
-    off_policy_loop(args, spec, device, run, act, update, actor, modules, "sac")
+    off_policy_loop(args, spec, device, run, act, lambda b: compiled(dict(b.items())), actor, modules, "sac")
     return actor
 
 
