@@ -66,7 +66,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "Pendulum"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
@@ -526,7 +531,7 @@ def load_reward(path: str, spec: envs.EnvSpec, device: torch.device) -> RewardNe
 
 
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     generator = args.generator or ("ppo" if spec.discrete else "sac")
@@ -549,6 +554,7 @@ def main(args: Args) -> dict:
         final = train_sac(args, spec, device, actor, reward_fn, None, run, {})
         if args.save_model:
             envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="sac_on_airl_reward")
+        run.record_video(envs.numpy_policy(actor, device))
         run.close()
         return final
 
@@ -599,6 +605,7 @@ def main(args: Args) -> dict:
         blob = {"state_dict": reward_net.state_dict(), "hidden": list(args.disc_hidden), "gamma": args.gamma,
                 "state_only": args.state_only, "env_id": env_id, "args": asdict(args)}  # fmt: skip
         envs.atomic_torch_save(blob, run.dir / "reward.pt")
+    run.record_video(envs.numpy_policy(actor, device))
     run.close()
     return final
 

@@ -37,7 +37,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy and the evaluation episodes"""
     device: str = "auto"
@@ -122,7 +127,7 @@ def l2_penalty(module: nn.Module) -> torch.Tensor:
 
 # -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     runs.check_budget(args)
@@ -183,6 +188,7 @@ def main(args: Args) -> dict:
 
     if args.save_model:
         envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="bc")
+    run.record_video(policy)
     run.close()
     return metrics
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -54,7 +53,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
@@ -177,7 +181,7 @@ def check_action(action: object, spec: envs.EnvSpec, source: str) -> np.ndarray:
 
 # -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     if args.rounds < 1 or args.total_steps < args.rounds:
@@ -221,7 +225,7 @@ def main(args: Args) -> dict:
     if saved:  # resuming: the aggregated dataset and counters (the episode in flight is not kept)
         data = {k: list(v) for k, v in saved["data"].items()}
         rng.bit_generator.state = saved["rng"]
-    env = gym.make(env_id)
+    env = envs.make_env(env_id)
     obs, _ = env.reset(seed=args.seed + run.start)
     steps_per_round = args.total_steps // args.rounds
     # the dataset as tensors for training, extended by each round's new rows (initial demos first)
@@ -279,6 +283,7 @@ def main(args: Args) -> dict:
 
     if args.save_model:
         envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="dagger")
+    run.record_video(learner)
     run.close()
     return metrics
 

@@ -53,7 +53,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "Pendulum"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
@@ -362,7 +367,7 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Mo
 
 # ------------------------------------------------------------ main (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     generator = args.generator or ("ppo" if spec.discrete else "sac")
@@ -391,6 +396,7 @@ def main(args: Args) -> dict:
         blob = {"points": reward_fn.expert.z * reward_fn.expert.std + reward_fn.expert.mean, "density_on":
                 args.density_on, "bandwidth": reward_fn.expert.h}  # fmt: skip
         envs.atomic_torch_save(blob, run.dir / "density.pt")
+    run.record_video(envs.numpy_policy(actor, device))
     run.close()
     return final
 

@@ -55,7 +55,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm (no demonstrations: DRLHP learns from preferences)
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment, the oracle and the evaluation episodes"""
     device: str = "auto"
@@ -431,7 +436,7 @@ def main(args: Args) -> dict:
     if not 0 <= args.initial_fraction <= 1 or args.num_queries < 1 or args.fragment_length < 1:
         raise envs.CleanILError("need --num-queries >= 1, --fragment-length >= 1 and 0 <= --initial-fraction <= 1")
     gatherer = load_gatherer(args.gatherer, args)  # first: a gatherer's module may register envs
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     runs.check_budget(args, off_policy=not spec.discrete)
@@ -539,6 +544,7 @@ def main(args: Args) -> dict:
         envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
         envs.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),
                                  "ensemble": args.ensemble, "env_id": env_id}, run.dir / "reward.pt")  # fmt: skip
+    run.record_video(envs.numpy_policy(actor, device))
     run.close()
     return final
 

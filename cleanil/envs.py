@@ -1,11 +1,13 @@
 """Environments and what runs in them: env ids and specs, shipped experts, demonstrations, evaluation.
 
-- ``resolve_env_id`` (aliases such as ``HalfCheetah``), ``env_spec`` (the spaces a script needs),
-  ``make_vec_env`` (SAME_STEP autoreset) and ``true_next_obs`` (the final observation of an ended episode).
+- ``resolve_env_id`` (aliases such as ``HalfCheetah``, ``module:EnvName-v0`` ids, ``--env-kwargs``), ``make_env``
+  (Dict and other non-flat observations flattened), ``env_spec`` (the spaces a script needs), ``make_vec_env``
+  (SAME_STEP autoreset) and ``true_next_obs`` (the final observation of an ended episode).
 - Experts: shipped under ``cleanil/experts/``, or a user's own under ``$CLEANIL_CACHE/experts`` for envs the
   package does not ship (``expert_dirs``); ``load_expert``, their metadata and ``normalized_score``.
 - Policies a script saves and loads (``save_policy``, ``load_policy``) and ``numpy_policy``.
-- ``rollout`` and ``evaluate`` (raw and normalized return, on reset seeds apart from the demonstrations').
+- ``rollout`` and ``evaluate`` (raw and normalized return, on reset seeds apart from the demonstrations'), and
+  ``render_episode``/``record_video`` (``--capture-video``).
 - Demonstrations: ``load_demos`` (a user's ``.npz`` file, or the expert's, generated once and cached under
   ``$CLEANIL_CACHE``), ``load_demos_with_heldout``, ``validate_demos`` and ``save_demo_file``.
 - ``CleanILError`` (a problem with the user's input, reported as one line) and ``atomic_torch_save``.
@@ -14,7 +16,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -67,15 +71,61 @@ def cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- environments
-def resolve_env_id(name: str) -> str:
-    """Map an alias (``HalfCheetah``) or a full gymnasium id to a registered gymnasium id."""
+ENV_KWARGS: dict[str, dict] = {}  # keyword arguments of every gym.make of an env id, from --env-kwargs
+FLATTEN_NOTED: set[str] = set()  # env ids whose flattened observations were announced on stdout
+KWARGS_NOTED: set[tuple[str, str]] = set()  # (env id, kwargs) whose difference from the expert's was announced
+
+
+def resolve_env_id(name: str, env_kwargs: str | dict | None = None) -> str:
+    """Map an alias (``HalfCheetah``), a registered gymnasium id, or ``module:EnvName-v0`` (the module is
+    imported first, so that it registers its envs) to a registered id. ``env_kwargs`` (a JSON object, as
+    ``--env-kwargs`` gives it, or a dict) are passed to every ``make_env``/``make_vec_env`` of that id."""
+    if ":" in name:
+        module, name = name.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise CleanILError(f"--env {module}:{name}: module '{module}' cannot be imported ({e})") from None
     env_id = ENV_ALIASES.get(name, name)
     if env_id not in gym.registry:
         raise CleanILError(
-            f"unknown environment '{name}': use an alias ({', '.join(ENV_ALIASES)}) "
-            "or a registered gymnasium id such as 'HalfCheetah-v5'"
+            f"unknown environment '{name}': use an alias ({', '.join(ENV_ALIASES)}), a registered gymnasium id "
+            "such as 'HalfCheetah-v5', or 'module:EnvName-v0' for an env that a module registers on import"
         )
+    if isinstance(env_kwargs, str):
+        try:
+            env_kwargs = json.loads(env_kwargs)
+        except json.JSONDecodeError as e:
+            raise CleanILError(f"--env-kwargs is not valid JSON: {e}") from None
+    if not isinstance(env_kwargs or {}, dict):
+        raise CleanILError(f"--env-kwargs must be a JSON object such as '{{\"key\": 1}}', got {env_kwargs!r}")
+    ENV_KWARGS[env_id] = dict(env_kwargs or {})
     return env_id
+
+
+def needs_flattening(space: gym.Space) -> bool:
+    """Dict, Tuple and multi-dimensional Box observations are flattened into one vector."""
+    return isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) or (
+        isinstance(space, gym.spaces.Box) and len(space.shape) != 1
+    )
+
+
+def make_env(env_id: str, **extra: Any) -> gym.Env:
+    """``gym.make`` with the id's ``--env-kwargs`` (and ``extra``, e.g. ``render_mode``); observations that are
+    not a flat vector go through gymnasium's ``FlattenObservation``."""
+    kwargs = ENV_KWARGS.get(env_id, {})
+    try:
+        env = gym.make(env_id, **kwargs, **extra)
+    except gym.error.DependencyNotInstalled as e:  # e.g. Box2D envs without gymnasium[box2d]
+        raise CleanILError(
+            f"{env_id} needs a package that is not installed: {str(e).strip().splitlines()[0]}"
+        ) from None
+    except TypeError as e:
+        if not kwargs:
+            raise
+        why = str(e).split(" was raised from the environment creator")[0]  # gymnasium repeats the kwargs after it
+        raise CleanILError(f"--env-kwargs do not fit {env_id}: {why} (--env-kwargs '{json.dumps(kwargs)}')") from None
+    return gym.wrappers.FlattenObservation(env) if needs_flattening(env.observation_space) else env
 
 
 @dataclasses.dataclass
@@ -92,14 +142,16 @@ class EnvSpec:
 
 
 def env_spec(env_id: str) -> EnvSpec:
-    try:
-        env = gym.make(env_id)
-    except gym.error.DependencyNotInstalled as e:  # e.g. Box2D envs without gymnasium[box2d]
-        raise CleanILError(
-            f"{env_id} needs a package that is not installed: {str(e).strip().splitlines()[0]}"
-        ) from None
+    env = make_env(env_id)
     obs_space, act_space = env.observation_space, env.action_space
+    original = env.env.observation_space if isinstance(env, gym.wrappers.FlattenObservation) else None
     env.close()
+    if original is not None and env_id not in FLATTEN_NOTED:
+        FLATTEN_NOTED.add(env_id)
+        print(
+            f"note: {env_id}'s observations ({type(original).__name__} space) are flattened into vectors of "
+            f"{obs_space.shape[0]} numbers by gymnasium's FlattenObservation; demo files hold them flattened"
+        )
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise CleanILError(f"{env_id} has observation space {obs_space}: cleanil needs a flat Box")
     if isinstance(act_space, gym.spaces.Discrete):
@@ -110,15 +162,11 @@ def env_spec(env_id: str) -> EnvSpec:
 
 
 def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """Synchronous vector env in SAME_STEP autoreset mode: when a sub-env ends, ``step`` already
-    returns the first observation of its next episode, and the true last observation of the
+    """Synchronous vector env of ``make_env`` copies in SAME_STEP autoreset mode: when a sub-env ends, ``step``
+    already returns the first observation of its next episode, and the true last observation of the
     finished episode is in ``info["final_obs"][i]`` (mask ``info["_final_obs"]``)."""
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-    )
+    return gym.vector.SyncVectorEnv([functools.partial(make_env, env_id)] * num_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # fmt: skip
 
 
 def true_next_obs(next_obs: np.ndarray, info: dict) -> np.ndarray:
@@ -202,6 +250,12 @@ def load_expert_metadata(env_id: str) -> dict:
             raise CleanILError(f"expert metadata {path} lacks a valid '{key}' field")
     if meta["env_id"] != env_id:
         raise CleanILError(f"expert metadata {path} is for {meta['env_id']}, not {env_id}")
+    trained_in, now = meta.get("env_kwargs") or {}, ENV_KWARGS.get(env_id, {})
+    if trained_in != now and (env_id, json.dumps(now)) not in KWARGS_NOTED:
+        KWARGS_NOTED.add((env_id, json.dumps(now)))
+        print(f"note: the expert for {env_id} was trained with env kwargs {json.dumps(trained_in)}, this run uses "
+              f"{json.dumps(now)}: its demos are rolled out in this run's env, and normalized scores use its "
+              "return from the env it was trained in")  # fmt: skip
     return meta
 
 
@@ -264,6 +318,51 @@ def evaluate(policy: Callable, env_id: str, episodes: int, seed: int) -> dict:
     out = {"eval/return": mean, "eval/return_std": float(result["returns"].std()),
            "eval/length": float(result["lengths"].mean())}  # fmt: skip
     return out if norm is None else {**out, "eval/normalized_return": norm}
+
+
+def check_video_support() -> None:
+    """Raise CleanILError before a run starts if mp4 files cannot be written (``--capture-video``)."""
+    try:
+        import imageio  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise CleanILError("--capture-video needs imageio and imageio-ffmpeg (and pygame for classic control): "
+                           "pip install -e '.[video]'") from None  # fmt: skip
+
+
+def render_episode(policy: Callable, env_id: str, seed: int, max_frames: int = 1000, **render_kwargs: Any) -> tuple:
+    """One episode of ``policy`` (batched numpy obs -> action) rendered offscreen (MuJoCo through EGL on a
+    headless machine, classic control through pygame): (frames [T, H, W, 3] uint8, return, frames per second).
+    MuJoCo envs take ``width``/``height`` in ``render_kwargs``."""
+    try:
+        env = make_env(env_id, render_mode="rgb_array", **render_kwargs)
+        obs, _ = env.reset(seed=seed)
+        frames, ret, done = [env.render()], 0.0, False
+    except (gym.error.DependencyNotInstalled, ImportError) as e:
+        raise CleanILError(f"{env_id} cannot render here: {str(e).strip().splitlines()[0]} "
+                           "(pip install -e '.[video]')") from None  # fmt: skip
+    while not done and len(frames) < max_frames:
+        obs, reward, term, trunc, _ = env.step(policy(obs[None])[0])
+        frames.append(env.render())
+        ret, done = ret + float(reward), term or trunc
+    fps = env.metadata.get("render_fps") or 30
+    env.close()
+    return np.stack(frames), ret, int(fps)
+
+
+def record_video(policy: Callable, env_id: str, path: str | Path, seed: int, max_frames: int = 1000) -> Path:
+    """Write one deterministic evaluation episode (reset seed apart from the demonstrations') to ``path``,
+    an H.264 mp4 that browsers play; returns the path."""
+    import imageio.v2 as imageio
+
+    frames, ret, fps = render_episode(policy, env_id, EVAL_SEED_BASE + 10_000 * seed, max_frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=2, quality=6) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    print(f"video of one evaluation episode (return {ret:.1f}, {len(frames)} frames): {path}")
+    return path
 
 
 # ----------------------------------------------------------------------------- demonstrations
@@ -353,8 +452,10 @@ def save_demo_file(path: str | Path, data: dict) -> None:
 
 
 def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
-    """Roll out the shipped expert deterministically: episode k is reset with a fixed seed."""
-    expert = numpy_policy(load_expert(env_id), torch.device("cpu"))
+    """Roll out the shipped expert deterministically: episode k is reset with a fixed seed. Its actions are
+    clipped to the env's bounds (an expert trained with other --env-kwargs may have other bounds)."""
+    spec, act = env_spec(env_id), numpy_policy(load_expert(env_id), torch.device("cpu"))
+    expert = act if spec.discrete else lambda obs: np.clip(act(obs), spec.action_low, spec.action_high)
     return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
 
 
@@ -403,6 +504,8 @@ def expert_demos(env_id: str, spec: EnvSpec, num: int, seed: int) -> dict:
     """``num`` episodes of the expert, rolled out once and cached (the cache key includes the expert's hash)."""
     load_expert_metadata(env_id)  # clear error if there is no expert
     digest = hashlib.sha256(expert_paths(env_id)[0].read_bytes()).hexdigest()[:10]
+    if ENV_KWARGS.get(env_id):  # rolled out in the env as --env-kwargs configure it
+        digest += "__kw" + hashlib.sha256(json.dumps(ENV_KWARGS[env_id], sort_keys=True).encode()).hexdigest()[:8]
     file = cache_dir() / "demos" / f"{env_id}__n{num}__seed{seed}__{digest}.npz"
     if not file.exists():  # leaves the global RNGs as they were: a run is the same with or without a cache
         np_state = np.random.get_state()

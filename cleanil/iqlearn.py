@@ -57,7 +57,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
@@ -310,7 +315,7 @@ def act(m: Learner, obs: np.ndarray, device: torch.device) -> np.ndarray:
 
 # ------------------------------------------------------------ main (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     if args.learn_temp and spec.discrete:
@@ -372,6 +377,7 @@ def main(args: Args) -> dict:
         blob = {"critics": m.critics.state_dict(), "actor": m.actor.state_dict(), "gamma": args.gamma,
                 "alpha": float(m.log_alpha.detach().exp()), "hidden": list(args.hidden), "env_id": env_id}  # fmt: skip
         envs.atomic_torch_save(blob, run.dir / "reward.pt")
+    run.record_video(envs.numpy_policy(m.actor, device))
     run.close()
     return final
 

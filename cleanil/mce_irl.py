@@ -41,8 +41,8 @@ normalized 1.14, MCE policy 0.999, occupancy gap < 1e-3 after ~950 updates, ~5 s
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -59,7 +59,10 @@ class Args:
     # Defaults below (no per-env config files: evaluation is exact and runs take seconds); flags override them.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "FrozenLake-v1"
-    """environment: a gymnasium id whose unwrapped env has a transition table P, or RandomMDP"""
+    """environment: a gymnasium id whose unwrapped env has a transition table P (module:EnvName-v0 for an env that
+    the module registers on import), or RandomMDP"""
+    capture_video: bool = False
+    """record one episode of the learned policy (the most likely action) to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the random MDP and the sampled demonstrations"""
     device: str = "cpu"
@@ -148,12 +151,9 @@ class TabularMDP:
         return self.transitions.shape[1]
 
 
-def mdp_from_env(env_id: str, env_kwargs: dict, horizon: int | None) -> TabularMDP:
+def mdp_from_env(env_id: str, horizon: int | None) -> TabularMDP:
     """Read gymnasium's ``P[s][a] = [(prob, s', reward, terminated), ...]`` into dense tables."""
-    try:
-        env = gym.make(env_id, **env_kwargs)
-    except TypeError as e:
-        raise envs.CleanILError(f"--env-kwargs do not fit {env_id}: {e}") from None
+    env = envs.make_env(env_id)
     table = getattr(env.unwrapped, "P", None)
     n = env.observation_space.n if isinstance(env.observation_space, gym.spaces.Discrete) else None
     if table is None or n is None or not isinstance(env.action_space, gym.spaces.Discrete):
@@ -393,6 +393,20 @@ def save_heat_map(path: str, mdp: TabularMDP, learned: torch.Tensor) -> None:
     plt.close(fig)
 
 
+def greedy_policy(log_pi: torch.Tensor) -> Callable:
+    """Batched obs -> most likely action, for one episode from its reset: a finite-horizon log-policy
+    [H, S, A] is read at the episode's step t (the last one past H)."""
+    t = 0
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        nonlocal t
+        table = log_pi[min(t, len(log_pi) - 1)] if log_pi.dim() == 3 else log_pi
+        t += 1
+        return table[torch.as_tensor(obs)].argmax(-1).numpy()
+
+    return policy
+
+
 # -------------------------------------------------------- training (the loop and its run plumbing)
 def main(args: Args) -> dict:
     device = runs.get_device(args.device)
@@ -401,18 +415,16 @@ def main(args: Args) -> dict:
         raise envs.CleanILError(f"--infinite needs --gamma in [0, 1), got {args.gamma}")
     if args.expert_temperature <= 0:
         raise envs.CleanILError(f"--expert-temperature must be positive, got {args.expert_temperature}")
+    if args.env == "RandomMDP" and args.capture_video:
+        raise envs.CleanILError("RandomMDP has no env to render: --capture-video needs a gymnasium env")
     if args.env == "RandomMDP":
         mdp = random_mdp(
             args.random_mdp_states, args.random_mdp_actions, args.random_mdp_branching, args.horizon, args.seed
         )
         env_id = "RandomMDP"
     else:
-        env_id = envs.resolve_env_id(args.env)
-        try:
-            env_kwargs = json.loads(args.env_kwargs)
-        except json.JSONDecodeError as e:
-            raise envs.CleanILError(f"--env-kwargs is not valid JSON: {e}") from None
-        mdp = mdp_from_env(env_id, env_kwargs, args.horizon)
+        env_id = envs.resolve_env_id(args.env, args.env_kwargs)
+        mdp = mdp_from_env(env_id, args.horizon)
     T, init = Dynamics.from_dense(mdp.transitions.to(device)), mdp.init.to(device)
     true_reward = mdp.reward.to(device)
     horizon = None if args.infinite else mdp.horizon
@@ -516,6 +528,8 @@ def main(args: Args) -> dict:
     if mdp.grid is not None:
         save_heat_map(str(run.dir / "reward.png"), mdp, learned)
         print(f"reward heat map: {run.dir / 'reward.png'}")
+    if args.capture_video:
+        run.record_video(greedy_policy(learned_log_pi.cpu()))
     run.close()
     return metrics
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import tyro
 from tqdm import tqdm
 
-from cleanil.envs import ENV_ALIASES, REPO_ROOT, CleanILError, atomic_torch_save
+from cleanil.envs import ENV_ALIASES, REPO_ROOT, CleanILError, atomic_torch_save, check_video_support, record_video
 
 
 def configure_process() -> None:
@@ -167,6 +167,9 @@ class Run:
         self.dir = resume or Path(args.run_dir) / self.name
         config = {**dataclasses.asdict(args), "env_id": env_id, "algorithm": algo, "command": " ".join(sys.argv),
                   "git": git_revision(), "versions": versions(), "machine": machine()}  # fmt: skip
+        if getattr(args, "capture_video", False):  # refused now rather than after training
+            check_video_support()
+        self.env_id, self.seed, self.capture_video = env_id, args.seed, getattr(args, "capture_video", False)
         self._prepare_directory(config, resume is not None, getattr(args, "overwrite", False))
         self.metrics = open(self.dir / "metrics.jsonl", "a")
         self.start_time = time.time() - (state["elapsed"] if state else 0.0)
@@ -296,6 +299,11 @@ class Run:
             self.close()
             raise RunStopped(f"{name} at step {step}: checkpoint written; continue with "
                              f"python {sys.argv[0]} --resume {self.dir}", 128 + self.signal)  # fmt: skip
+
+    def record_video(self, policy: Callable) -> None:
+        """With ``--capture-video``: one deterministic evaluation episode of ``policy`` to videos/final.mp4."""
+        if self.capture_video:
+            record_video(policy, self.env_id, self.dir / "videos" / "final.mp4", self.seed)
 
     def close(self) -> None:
         for s, h in self.handlers.items():

@@ -51,7 +51,12 @@ class Args:
     # and flags on the command line override both.
     # ---- run plumbing, common to every cleanil algorithm
     env: str = "CartPole"
-    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant) or an id"""
+    """environment: an alias (CartPole, Acrobot, MountainCar, Pendulum, HalfCheetah, Hopper, Walker2d, Ant, Swimmer,
+    Humanoid), a registered gymnasium id, or module:EnvName-v0 for an env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the final policy to runs/<run>/videos/final.mp4"""
     seed: int = 0
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
@@ -271,7 +276,7 @@ def sample_rows(data: dict, n: int) -> dict:
 
 # ------------------------------------------------------------ main (the loop and its run plumbing)
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     if args.batch_size < 2 or args.alpha <= 0:
@@ -319,6 +324,7 @@ def main(args: Args) -> dict:
     bar.close()
     if args.save_model:
         envs.save_policy(run.dir / "model.pt", m.actor, spec, args.hidden, algo="sqil")
+    run.record_video(envs.numpy_policy(m.actor, device))
     run.close()
     return final
 

@@ -58,6 +58,7 @@ SUITES = {
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
 RUNNING: set[subprocess.Popen] = set()  # the training processes under way
 STOP = threading.Event()  # set by SIGINT/SIGTERM: no new run starts
+ENV_FLAGS: dict[str, str] = {}  # env id -> the module:EnvName-v0 name it was given as, for envs a module registers
 
 
 def forward_stop(signum: int, frame: object) -> None:
@@ -72,7 +73,7 @@ class Args:
     algos: tuple[str, ...] = ("bc",)
     """algorithms to run (file names under cleanil/), or sac: SAC on the env's true reward, as a reference"""
     envs: tuple[str, ...] = ("CartPole", "Pendulum")
-    """environments (aliases or gymnasium ids)"""
+    """environments (aliases, gymnasium ids, or module:EnvName-v0 for an env that the module registers)"""
     seeds: int = 3
     """number of seeds per (algo, env): first_seed, first_seed + 1, ..."""
     first_seed: int = 1
@@ -107,7 +108,8 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     run_root = (envs.REPO_ROOT / args.run_root / variant / f"{env_id}__seed{seed}").resolve()
     run_dir_flag = os.path.relpath(run_root, envs.REPO_ROOT)
     extra = shlex.split(args.extra.replace("{seed}", str(seed)).replace("{env}", env_id))
-    cmd = [sys.executable, SCRIPTS[algo], "--env", env_id, "--seed", str(seed), "--run-dir", run_dir_flag,
+    env_flag = ENV_FLAGS.get(env_id, env_id)  # module:EnvName-v0 as given, so that each run imports the module
+    cmd = [sys.executable, SCRIPTS[algo], "--env", env_flag, "--seed", str(seed), "--run-dir", run_dir_flag,
            "--run-name", "run", *extra]  # fmt: skip
     if algo == "sac":
         expert_dir = os.path.join(run_dir_flag, "run", "expert")
@@ -164,6 +166,7 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
 
 def make_grid(args: Args, seeds_given: bool) -> list[tuple[str, str, int]]:
     """(algo, env id, seed) runs: --algos x --envs, or a suite's algorithms on their envs."""
+    ENV_FLAGS.update({envs.resolve_env_id(e): e for e in args.envs if ":" in e})
     exists = {a for a in ALGOS if (envs.REPO_ROOT / SCRIPTS[a]).exists()}
     if args.suite is None:
         unknown = [a for a in args.algos if a not in exists]

@@ -19,7 +19,10 @@ from cleanil import envs, runs
 @dataclass
 class Args:
     env: str = "CartPole"
-    """environment: an alias (CartPole, Pendulum, HalfCheetah, ...) or a gymnasium id"""
+    """environment: an alias (CartPole, Pendulum, HalfCheetah, ...), a gymnasium id, or module:EnvName-v0 for an
+    env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
     num_demos: int = 10
     """number of episodes to record"""
     seed: int = 0
@@ -31,7 +34,7 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     if args.num_demos < 1:
         raise envs.CleanILError(f"--num-demos must be at least 1, got {args.num_demos}")

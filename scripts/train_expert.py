@@ -43,7 +43,12 @@ from cleanil import envs, nets, runs
 @dataclass
 class Args:
     env: str = "CartPole"
-    """environment: an alias (CartPole, Pendulum, HalfCheetah, ...) or a gymnasium id"""
+    """environment: an alias (CartPole, Pendulum, HalfCheetah, ...), a gymnasium id, or module:EnvName-v0 for an
+    env that the module registers on import"""
+    env_kwargs: str = "{}"
+    """keyword arguments of the env (gymnasium.make) as a JSON object, e.g. '{"ctrl_cost_weight": 0.2}'"""
+    capture_video: bool = False
+    """record one deterministic evaluation episode of the best policy to runs/<run>/videos/final.mp4"""
     algo: Literal["ppo", "dqn", "sac"] | None = None
     """RL algorithm: ppo (any actions), dqn (discrete), sac (continuous); None picks sac for continuous and ppo
     for discrete actions"""
@@ -352,7 +357,7 @@ def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, run: Run) ->
 
 # ----------------------------------------------------------------------------- main
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env)
+    env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     algo = args.algo or ("ppo" if spec.discrete else "sac")
@@ -366,10 +371,11 @@ def main(args: Args) -> dict:
     best = envs.load_policy(run.dir / "best.pt", spec).to(device)
     seeds = envs.EXPERT_EVAL_SEED_BASE
     expert = envs.rollout(envs.numpy_policy(best, device), env_id, args.final_eval_episodes, seeds)["returns"]
-    space = gym.vector.utils.batch_space(gym.make(env_id).action_space, envs.ROLLOUT_CHUNK)
+    space = gym.vector.utils.batch_space(envs.make_env(env_id).action_space, envs.ROLLOUT_CHUNK)
     space.seed(args.seed)
     rand = envs.rollout(lambda obs: space.sample(), env_id, args.final_eval_episodes, seeds)["returns"]
-    meta = {"env_id": env_id, "algo": algo, "return_mean": float(expert.mean()), "return_std": float(expert.std()),
+    meta = {"env_id": env_id, "env_kwargs": envs.ENV_KWARGS[env_id], "algo": algo,
+            "return_mean": float(expert.mean()), "return_std": float(expert.std()),
             "random_return_mean": float(rand.mean()), "random_return_std": float(rand.std()),
             "eval_episodes": args.final_eval_episodes, "total_steps": args.total_steps,
             "wall_clock_s": round(train_seconds, 1), "train_seconds_this_session": round(time.time() - start, 1),
@@ -381,6 +387,7 @@ def main(args: Args) -> dict:
     print(f"{env_id}: expert {meta['return_mean']:.1f} +- {meta['return_std']:.1f}, random {rand.mean():.1f} "
           f"over {args.final_eval_episodes} episodes")  # fmt: skip
     (run.dir / "expert.json").write_text(json.dumps(meta, indent=2))
+    run.logger.record_video(envs.numpy_policy(best, device))
     out_dir = Path(args.out_dir) if args.out_dir else envs.expert_dirs()[1]
     out_pt, out_json = out_dir / f"{env_id}.pt", out_dir / f"{env_id}.json"
     old = json.loads(out_json.read_text())["return_mean"] if out_json.exists() else -float("inf")

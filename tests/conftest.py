@@ -13,6 +13,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from cleanil import envs
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,16 +28,17 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def restore_process_state():
-    """Scripts run in-process change process-wide state: sys.path (a module:function expert or gatherer)
-    and flush-denormal (mce_irl.py). Put it back after each test, so that no test passes or fails because
-    of another that ran before it. (Two settings stay: maybe_compile turns on dynamo's trace_autograd_ops
-    before every compile, and turning it off and on again within one process makes torch 2.13 refuse to
-    trace torch.autograd.grad at the next compile; torch.distributions' validation is changed only by
-    run_cli, which tests call in subprocesses.)"""
+    """Scripts run in-process change process-wide state: sys.path (a module:function expert or gatherer),
+    flush-denormal (mce_irl.py) and the env kwargs of env ids (envs.ENV_KWARGS). Put it back after each test,
+    so that no test passes or fails because of another that ran before it. (Two settings stay: maybe_compile
+    turns on dynamo's trace_autograd_ops before every compile, and turning it off and on again within one
+    process makes torch 2.13 refuse to trace torch.autograd.grad at the next compile; torch.distributions'
+    validation is changed only by run_cli, which tests call in subprocesses.)"""
     path = list(sys.path)
     yield
     sys.path[:] = path
     torch.set_flush_denormal(False)
+    envs.ENV_KWARGS.clear()  # --env-kwargs given to an in-process run or resolve_env_id
 
 
 def run_cli(script: str, *flags: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -161,7 +161,7 @@ def test_sampled_occupancy_converges_to_the_exact_one():
 
 
 def test_frozenlake_table_and_grid():
-    mdp = mce_irl.mdp_from_env("FrozenLake-v1", {"is_slippery": False}, None)
+    mdp = mce_irl.mdp_from_env(envs.resolve_env_id("FrozenLake-v1", {"is_slippery": False}), None)
     assert mdp.transitions.shape == (17, 4, 17) and mdp.grid == (4, 4) and mdp.horizon == 100
     torch.testing.assert_close(mdp.transitions.sum(-1), torch.ones(17, 4, dtype=torch.float64))
     assert mdp.reward[14, 2] == 1.0 and mdp.transitions[14, 2, 16] == 1.0  # right of 14 is the goal: terminal
@@ -194,7 +194,7 @@ def test_cli_sampled_smoke(tmp_path, flags):
 
 
 def test_user_demo_file(tmp_path):
-    mdp = mce_irl.mdp_from_env("CliffWalking-v1", {}, None)
+    mdp = mce_irl.mdp_from_env(envs.resolve_env_id("CliffWalking-v1"), None)
     dyn = mce_irl.Dynamics.from_dense(mdp.transitions)
     demos = mce_irl.sample_trajectories(mce_irl.value_iteration(mdp.reward * 100, dyn, 1.0, 100), mdp, 5, seed=0)
     np.savez(tmp_path / "cliff.npz", **demos)

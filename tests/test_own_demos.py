@@ -144,7 +144,7 @@ def test_a_three_episode_file_needs_no_num_demos(tmp_path, cartpole_file, script
 
 
 def test_mce_irl_tabular_file_needs_no_num_demos(tmp_path):
-    mdp = mce_irl.mdp_from_env("CliffWalking-v1", {}, None)
+    mdp = mce_irl.mdp_from_env(envs.resolve_env_id("CliffWalking-v1"), None)
     dyn = mce_irl.Dynamics.from_dense(mdp.transitions)
     demos = mce_irl.sample_trajectories(mce_irl.value_iteration(mdp.reward * 100, dyn, 1.0, 100), mdp, 3, seed=0)
     np.savez(tmp_path / "cliff.npz", **demos)

@@ -261,3 +261,29 @@ def test_speed_rejects_an_algorithm_it_cannot_time(tmp_path):
         assert res.returncode != 0 and "Traceback" not in res.stderr
         assert f"invalid choice '{algo}'" in res.stderr
     assert not out.exists()
+
+
+def test_gallery_renders_the_expert_and_a_benchmark_policy(tmp_path):
+    """A benchmark-shaped run of BC (seed 2; seed 3 too, which is not the lowest) beside the shipped expert."""
+    root, out = tmp_path / "benchmark", tmp_path / "gallery"
+    for seed in ("2", "3"):
+        res = run_cli("cleanil/bc.py", "--env", "Pendulum", "--num-demos", "2", "--total-steps", "20", "--eval-every",
+                      "20", "--eval-episodes", "2", "--seed", seed, "--run-name", "run",
+                      "--run-dir", str(root / "bc" / f"Pendulum-v1__seed{seed}"))  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    res = run_cli("scripts/gallery.py", "--envs", "Pendulum", "Reacher-v5", "--algos", "bc", "dagger", "--frames", "12",
+                  "--every", "2", "--size", "48", "--run-root", str(root), "--out-dir", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Reacher-v5: no expert, skipped" in res.stdout
+    clips = json.loads((out / "clips.json").read_text())["Pendulum-v1"]
+    assert set(clips) == {"expert", "bc"} and clips["bc"]["seed"] == 2
+    from PIL import Image
+
+    for who in ("expert", "bc"):
+        with Image.open(out / f"Pendulum-v1__{who}.webp") as image:
+            assert image.size == (48, 48) and 1 < image.n_frames <= 12
+    expert_return = clips["expert"]["return"]  # the whole episode, on the gallery's own reset seed
+    assert clips["expert"]["normalized_return"] == pytest.approx(envs.normalized_score(expert_return, "Pendulum-v1"))
+    page = (out / "README.md").read_text()
+    assert "![expert on Pendulum-v1](Pendulum-v1__expert.webp)" in page and "![bc on Pendulum-v1]" in page
+    assert "not run here: `python scripts/benchmark.py --algos dagger --envs Pendulum-v1 --seeds 1`" in page
