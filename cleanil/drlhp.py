@@ -18,12 +18,21 @@ The loop alternates:
   i.e. a labelling rate proportional to 1 / (tau + t).
 - Active selection (--active): of --oversample x as many random candidate pairs as are needed, ask
   about those whose predicted preference varies most across the ensemble.
-- The gatherer is any callable taking a list of fragment pairs and returning one mu per pair; a
-  fragment is a dict with ``obs`` [L, obs_dim], ``actions`` [L, ...], ``alive`` [L] (False on the
-  padding after an episode ended) and ``true_rewards`` [L]. The shipped one is the synthetic oracle
-  (Bradley-Terry on the fragments' true returns with a temperature, optional label noise); a person
-  can answer through ``--gatherer module:function`` (for example a function that shows both
-  fragments and reads a key). Only the gatherer and evaluation read the env's reward.
+- The gatherer is any callable taking a list of fragment pairs and returning one mu per pair (NaN: cannot
+  tell, the pair is not trained on); a fragment is a dict with ``id``, ``obs`` [L, obs_dim], ``actions``
+  [L, ...], ``alive`` [L] (False on the padding after an episode ended) and ``true_rewards`` [L]. The shipped
+  ones are the synthetic oracle (Bradley-Terry on the fragments' true returns with a temperature, optional
+  label noise) and ``--gatherer web``: a person answers on a local page (cleanil/labelling.py) that plays
+  each pair as two looping clips. Only the gatherer and evaluation read the env's reward.
+- For a person, each fragment also keeps the simulator state of each step (``states``: MuJoCo's qpos and
+  qvel, or a classic-control env's state; 12 numbers a step for Hopper, ~2.4 KB a 25-step fragment), read
+  before every env step (~2 us per env), and clips are drawn from them only for the pairs asked, in a
+  thread while the person answers (MuJoCo offscreen, ~20-60 ms a 240-pixel frame on a CPU core: ~1-3 s a
+  pair of 25-step fragments). The synthetic oracle's path neither reads nor draws states.
+- A round asked of a person is checkpointed when it starts; every answer is appended to labels.jsonl at
+  once. A run stopped while a person labels resumes (``--resume``) at that round, showing only the pairs
+  not yet answered (that step's agent update is skipped). ``--labels-from runs/<run>/labels.jsonl`` trains
+  the reward on the pairs a person answered in that run, before RL, and asks nothing more.
 - Episodes that terminate: a fragment that reaches the end is padded with an absorbing state
   (zero true reward; the reward nets score it like any state), and the agent bootstraps through it
   as in DAC (Kostrikov et al. 2019), so ending an episode is judged by the learned reward.
@@ -37,16 +46,17 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cleanil import envs, nets, runs
+from cleanil import envs, labelling, nets, runs
 
 
 @dataclass
@@ -111,7 +121,15 @@ class Args:
     oversample: int = 10
     """active selection scores this many candidate pairs per query"""
     gatherer: str = "synthetic"
-    """who answers: synthetic (the oracle below) or module:function (a callable on a list of fragment pairs)"""
+    """who answers: synthetic (the oracle below), web (a person, on a local page whose URL is printed), or
+    module:function (a callable on a list of fragment pairs)"""
+    host: str = "127.0.0.1"
+    """web: the address the labelling page listens on (127.0.0.1: this machine only)"""
+    port: int = 0
+    """web: the labelling page's port (0: any free port)"""
+    labels_from: str | None = None
+    """train the reward on the answered pairs of an earlier run's labels.jsonl (and its queries/) before RL,
+    and ask no more queries"""
     oracle_temperature: float = 0.0
     """synthetic oracle: P(first) = sigmoid((R1 - R2) / temperature); 0 answers deterministically"""
     oracle_noise: float = 0.0
@@ -184,9 +202,12 @@ class SyntheticOracle:
         return np.where(noisy, self.rng.integers(0, 2, len(pairs)).astype(float), mu)
 
 
-def load_gatherer(spec_str: str, args: Args) -> Callable:
+def load_gatherer(spec_str: str, args: Args) -> Callable | None:
+    """The synthetic oracle, a module:function, or None for web (its server starts once the run has a folder)."""
     if spec_str == "synthetic":
         return SyntheticOracle(args.oracle_temperature, args.oracle_noise, args.seed)
+    if spec_str == "web":
+        return None
     module_name, sep, fn_name = spec_str.partition(":")
     if not sep or not module_name or not fn_name:
         raise envs.CleanILError(f"--gatherer {spec_str!r}: expected synthetic or module:function")
@@ -207,17 +228,20 @@ class FragmentCutter:
         self.length, self.obs_dim, self.act_dim = length, obs_dim, act_dim
         self.current: list[list] = [[] for _ in range(num_envs)]
 
-    def add(self, i: int, obs: np.ndarray, act: np.ndarray, true_rew: float, term: bool, trunc: bool) -> list[dict]:
+    def add(self, i: int, obs: np.ndarray, act: np.ndarray, true_rew: float, term: bool, trunc: bool,
+            state: np.ndarray | None = None) -> list[dict]:  # fmt: skip
+        """``state``: the simulator state at ``obs``, kept (as ``states``) when a person will watch the fragment."""
         cur = self.current[i]
-        cur.append((np.append(obs, 0.0), act, true_rew, True))
+        cur.append((np.append(obs, 0.0), act, true_rew, True, state))
         if term:
             while len(cur) < self.length:  # the absorbing state: zeros and a flag, a single (zero) action
-                cur.append((np.eye(1, self.obs_dim + 1, self.obs_dim)[0], np.zeros(self.act_dim), 0.0, False))
+                cur.append((np.eye(1, self.obs_dim + 1, self.obs_dim)[0], np.zeros(self.act_dim), 0.0, False, state))
         out = []
         if len(cur) == self.length:
-            o, a, r, alive = (np.array(x) for x in zip(*cur, strict=True))
-            out.append({"obs": o.astype(np.float32), "actions": a.astype(np.float32), "true_rewards": r,
-                        "alive": alive})  # fmt: skip
+            o, a, r, alive, states = zip(*cur, strict=True)
+            fragment = {"obs": np.array(o, np.float32), "actions": np.array(a, np.float32), "true_rewards": np.array(r),
+                        "alive": np.array(alive)}  # fmt: skip
+            out.append(fragment if state is None else fragment | {"states": np.array(states)})
         if term or trunc or out:
             self.current[i] = []
         return out
@@ -325,14 +349,16 @@ def train_sac(args: Args, spec: envs.EnvSpec, device: torch.device, reward: Rewa
         else:
             with torch.no_grad():
                 action = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+        state = envs.sim_state(env.envs[0]) if args.gatherer == "web" else None  # for a person's clips
         next_obs, true_rew, term, trunc, info = env.step(action)  # true_rew goes to the fragments only
-        add_fragments(cutter.add(0, obs[0], act_vec(action)[0], float(true_rew[0]), bool(term[0]), bool(trunc[0])))
+        add_fragments(cutter.add(0, obs[0], act_vec(action)[0], float(true_rew[0]), bool(term[0]), bool(trunc[0]),
+                                 state))  # fmt: skip
         rb.extend(nets.to_tensordict(with_absorbing(obs, action, envs.true_next_obs(next_obs, info), term), device))
         obs = next_obs
         bar.update(1)
         t = step - args.learning_starts
         if t == 0 or (t > 0 and t % args.query_every == 0):
-            q = query_round(queries_due(t, horizon - args.learning_starts) - asked, first=asked == 0)
+            q = query_round(queries_due(t, horizon - args.learning_starts) - asked, asked == 0, step)
             asked, metrics = q.get("queries", asked), metrics | q
         if t > 0 and asked > 0:
             b = rb.sample()
@@ -388,9 +414,10 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, reward: Rewa
                 a = dist.sample()
             a_np = a.cpu().numpy()
             one_hot = act_vec(a_np)
+            states = [envs.sim_state(e) for e in vec_env.envs] if args.gatherer == "web" else [None] * n
             next_obs, true_rew, term, trunc, info = vec_env.step(a_np)  # true_rew goes to the fragments only
             for i in range(n):
-                add_fragments(cutter.add(i, obs[i], one_hot[i], float(true_rew[i]), term[i], trunc[i]))
+                add_fragments(cutter.add(i, obs[i], one_hot[i], float(true_rew[i]), term[i], trunc[i], states[i]))
             for k, v in zip(rows, (obs, a_np, dist.log_prob(a).cpu().numpy(),
                                    envs.true_next_obs(next_obs, info), term, trunc & ~term), strict=True):  # fmt: skip
                 rows[k].append(v)
@@ -399,7 +426,7 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, reward: Rewa
         bar.update(n * T)
         q = {}
         if asked == 0 or step // args.query_every > (step - n * T) // args.query_every or step >= args.total_steps:
-            q = query_round(queries_due(step if asked else 0, args.total_steps) - asked, first=asked == 0)
+            q = query_round(queries_due(step if asked else 0, args.total_steps) - asked, asked == 0, step)
             asked = q.get("queries", asked)
         tensors = {k: torch.as_tensor(np.stack(v), device=device) for k, v in rows.items()}  # [T, n, ...]
         o, o2, act = tensors["obs"].float(), tensors["next_obs"].float(), tensors["act"]
@@ -435,11 +462,22 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, reward: Rewa
 def main(args: Args) -> dict:
     if not 0 <= args.initial_fraction <= 1 or args.num_queries < 1 or args.fragment_length < 1:
         raise envs.CleanILError("need --num-queries >= 1, --fragment-length >= 1 and 0 <= --initial-fraction <= 1")
-    gatherer = load_gatherer(args.gatherer, args)  # first: a gatherer's module may register envs
+    gatherer = load_gatherer(args.gatherer, args)  # first: a gatherer's module may register envs (web: None yet)
     env_id = envs.resolve_env_id(args.env, args.env_kwargs)
     spec = envs.env_spec(env_id)
     device = runs.get_device(args.device)
     runs.check_budget(args, off_policy=not spec.discrete)
+    if args.gatherer == "web":  # clips are drawn from simulator states: refuse an env without them now
+        probe = envs.make_env(env_id)
+        probe.reset(seed=0)
+        envs.sim_state(probe)
+    from_file = labelling.load_labelled_pairs(args.labels_from) if args.labels_from else None
+    shapes = None if from_file is None else (from_file["o1"].shape[-1], from_file["a1"].shape[-1])
+    if shapes not in (None, (spec.obs_dim + 1, spec.act_dim)):
+        raise envs.CleanILError(f"--labels-from {args.labels_from}: its fragments do not fit {env_id}'s observations "
+                                f"({spec.obs_dim}) and actions ({spec.act_dim})")  # fmt: skip
+    if from_file is not None:  # the reward is trained on these labels alone
+        args = replace(args, num_queries=len(from_file["mu"]), initial_fraction=1.0)
     runs.set_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     act_dim = spec.act_dim  # one-hot size for discrete actions
@@ -447,7 +485,11 @@ def main(args: Args) -> dict:
     reward_opt = torch.optim.Adam(reward.parameters(), lr=args.reward_lr)
     pool: list[dict] = []
     labels: dict[str, torch.Tensor] = {}  # the labelled pairs: o1, a1, o2, a2 [N, L, ...] and mu [N]
+    rounds, pending = [0], {}  # query rounds answered so far; a person's round under way (in checkpoints)
     run = runs.Run(args, "drlhp", env_id, args.total_steps)
+    if args.gatherer == "web":
+        gatherer = labelling.WebGatherer(run.dir, env_id, args.host, args.port,
+                                         should_stop=lambda: run.signal is not None)  # fmt: skip
 
     def act_vec(a: np.ndarray) -> np.ndarray:
         return np.eye(act_dim, dtype=np.float32)[a] if spec.discrete else a.astype(np.float32)
@@ -456,45 +498,15 @@ def main(args: Args) -> dict:
         """[K, n] each member's sum of raw rewards over each fragment."""
         return reward.members(stack(frags, "obs", device), stack(frags, "actions", device)).sum(-1)
 
-    def query_round(n: int, first: bool) -> dict:
-        """Ask about n pairs from the pool, retrain the ensemble on all labels, renormalize its output."""
-        if n <= 0 or len(pool) < 2:
-            return {}
-        if first:  # fix the input standardization on the first pool
-            x = torch.cat([stack(pool, "obs", device), stack(pool, "actions", device)], -1).flatten(0, 1)
-            reward.norm.mean.copy_(x.mean(0))
-            reward.norm.std.copy_(x.std(0).clamp_min(1e-2))
-            reward.norm.mean[spec.obs_dim], reward.norm.std[spec.obs_dim] = 0.0, 1.0
-        cand = rng.integers(0, len(pool), size=(n * max(args.oversample if args.active else 1, 2), 2))
-        cand = cand[cand[:, 0] != cand[:, 1]]
-        if args.active and len(cand) > n:  # the pairs whose P(1 > 2) varies most across the ensemble
-            with torch.no_grad():
-                r = predicted_returns(pool)
-                p = torch.sigmoid(r[:, cand[:, 0]] - r[:, cand[:, 1]])
-            cand = cand[torch.argsort(p.var(0), descending=True)[:n].cpu().numpy()]
-        pairs = [(pool[i], pool[j]) for i, j in cand[:n]]
-        public = [tuple({k: v[:, : spec.obs_dim] if k == "obs" else v for k, v in f.items()} for f in pair)
-                  for pair in pairs]  # fmt: skip
-        answers = np.asarray(gatherer(public), dtype=float)
-        if (
-            answers.shape != (len(pairs),)
-            or not np.isfinite(answers).all()
-            or (answers < 0).any()
-            or (answers > 1).any()
-        ):
-            raise envs.CleanILError(
-                f"the gatherer must return {len(pairs)} finite preferences in [0, 1], got shape {answers.shape}"
-                + (f" with values from {answers.min()} to {answers.max()}" if answers.size else "")
-            )
-        with torch.no_grad():  # how well the ensemble predicted these answers before training on them
-            d = (predicted_returns([a for a, _ in pairs]) - predicted_returns([b for _, b in pairs])).mean(0)
-        decided = answers != 0.5
-        accuracy = float(((d.cpu().numpy() > 0) == (answers > 0.5))[decided].mean()) if decided.any() else 0.5
-        new = {"o1": stack([a for a, _ in pairs], "obs", device), "a1": stack([a for a, _ in pairs], "actions", device),
-               "o2": stack([b for _, b in pairs], "obs", device), "a2": stack([b for _, b in pairs], "actions", device),
-               "mu": torch.as_tensor(answers, dtype=torch.float32, device=device)}  # fmt: skip
-        labels.update({k: torch.cat([labels[k], v]) if k in labels else v for k, v in new.items()})
-        # Bradley-Terry on a bootstrap resample of the labels per member
+    def standardize_inputs(obs: torch.Tensor, act: torch.Tensor) -> None:
+        """Fix the reward nets' input standardization on these fragments (the flag stays as it is)."""
+        x = torch.cat([obs, act], -1).flatten(0, -2)
+        reward.norm.mean.copy_(x.mean(0))
+        reward.norm.std.copy_(x.std(0).clamp_min(1e-2))
+        reward.norm.mean[spec.obs_dim], reward.norm.std[spec.obs_dim] = 0.0, 1.0
+
+    def train_reward(first: bool) -> dict:
+        """Bradley-Terry on a bootstrap resample of the labels per member; r_hat renormalized."""
         n_labels = len(labels["mu"])
         boot = torch.randint(n_labels, (args.ensemble, n_labels), device=device)
         for _ in range(args.reward_updates * (5 if first else 1)):
@@ -507,11 +519,64 @@ def main(args: Args) -> dict:
             reward_opt.zero_grad()
             loss.backward()
             reward_opt.step()
-        with torch.no_grad():  # r_hat normalized to zero mean, unit std over the pool's states
-            r = reward.members(stack(pool, "obs", device), stack(pool, "actions", device)).mean(0).flatten()
+        with torch.no_grad():  # r_hat normalized to zero mean, unit std over the pool's states (or the labels')
+            o, a = (
+                (stack(pool, "obs", device), stack(pool, "actions", device)) if pool else (labels["o1"], labels["a1"])
+            )
+            r = reward.members(o, a).mean(0).flatten()
             reward.out_mean.copy_(r.mean())
             reward.out_std.copy_(r.std().clamp_min(1e-6))
-        return {"queries": n_labels, "losses/bradley_terry": loss.detach(), "reward/new_label_accuracy": accuracy}
+        return {"queries": n_labels, "losses/bradley_terry": loss.detach()}
+
+    def query_round(n: int, first: bool, step: int) -> dict:
+        """Ask about n pairs from the pool (or a person's interrupted round again), retrain the ensemble on
+        all labels, renormalize its output."""
+        if pending:
+            pairs, first = pending["pairs"], pending["first"]
+        else:
+            if n <= 0 or len(pool) < 2:
+                return {}
+            if first:  # fix the input standardization on the first pool
+                standardize_inputs(stack(pool, "obs", device), stack(pool, "actions", device))
+            cand = rng.integers(0, len(pool), size=(n * max(args.oversample if args.active else 1, 2), 2))
+            cand = cand[cand[:, 0] != cand[:, 1]]
+            if args.active and len(cand) > n:  # the pairs whose P(1 > 2) varies most across the ensemble
+                with torch.no_grad():
+                    r = predicted_returns(pool)
+                    p = torch.sigmoid(r[:, cand[:, 0]] - r[:, cand[:, 1]])
+                cand = cand[torch.argsort(p.var(0), descending=True)[:n].cpu().numpy()]
+            pairs = [(pool[i], pool[j]) for i, j in cand[:n]]
+            if args.gatherer == "web":  # a run stopped while the person answers resumes at this round
+                pending.update(pairs=pairs, first=first)
+                run.save(step)
+        public = [tuple({k: v[:, : spec.obs_dim] if k == "obs" else v for k, v in f.items()}
+                        | {"id": f"{rounds[0]}-{i}-{side}"} for side, f in zip("LR", pair, strict=True))
+                  for i, pair in enumerate(pairs)]  # fmt: skip
+        try:
+            answers = np.asarray(gatherer(public), dtype=float)
+        except labelling.Stopped:
+            run.close()
+            raise runs.RunStopped(f"{signal.Signals(run.signal).name} while waiting for labels: this round's "
+                                  f"checkpoint is in {run.dir}; continue it with python {sys.argv[0]} --resume "
+                                  f"{run.dir}", 128 + run.signal) from None  # fmt: skip
+        if answers.shape != (len(pairs),) or np.isinf(answers).any() or ((answers < 0) | (answers > 1)).any():
+            raise envs.CleanILError(f"the gatherer must return {len(pairs)} preferences in [0, 1] (NaN: cannot tell), "
+                                    f"got an array of shape {answers.shape}")  # fmt: skip
+        pending.clear()
+        rounds[0] += 1
+        known = ~np.isnan(answers)
+        pairs, answers = [p for p, k in zip(pairs, known, strict=True) if k], answers[known]
+        if not pairs:  # every pair skipped
+            return {}
+        with torch.no_grad():  # how well the ensemble predicted these answers before training on them
+            d = (predicted_returns([a for a, _ in pairs]) - predicted_returns([b for _, b in pairs])).mean(0)
+        decided = answers != 0.5
+        accuracy = float(((d.cpu().numpy() > 0) == (answers > 0.5))[decided].mean()) if decided.any() else 0.5
+        new = {"o1": stack([a for a, _ in pairs], "obs", device), "a1": stack([a for a, _ in pairs], "actions", device),
+               "o2": stack([b for _, b in pairs], "obs", device), "a2": stack([b for _, b in pairs], "actions", device),
+               "mu": torch.as_tensor(answers, dtype=torch.float32, device=device)}  # fmt: skip
+        labels.update({k: torch.cat([labels[k], v]) if k in labels else v for k, v in new.items()})
+        return train_reward(first) | {"reward/new_label_accuracy": accuracy}
 
     def queries_due(t: int, horizon: int) -> int:
         """Labels due t env steps after RL started: initial + rest * log(1 + t / tau) / log(1 + horizon / tau)."""
@@ -526,20 +591,37 @@ def main(args: Args) -> dict:
 
     def restore(objects: dict) -> int:
         """Register the trainer's ``objects`` and the preference data with the checkpoint, load them when
-        resuming (a custom gatherer's own state is not saved), and return the number of labels asked."""
+        resuming (finishing a person's interrupted round first; a custom gatherer's own state is not saved),
+        or train on --labels-from; return the number of labels asked."""
         oracle = gatherer.rng if isinstance(gatherer, SyntheticOracle) else None
         saved = run.restore(objects | {"reward": reward, "reward_opt": reward_opt},
                             lambda: {"pool": pool, "labels": labels, "rng": rng.bit_generator.state,
-                                     "oracle": oracle and oracle.bit_generator.state})  # fmt: skip
+                                     "oracle": oracle and oracle.bit_generator.state, "rounds": rounds[0],
+                                     "pending": dict(pending) or None})  # fmt: skip
         if saved:
-            pool[:], rng.bit_generator.state = saved["pool"], saved["rng"]
+            pool[:], rng.bit_generator.state, rounds[0] = saved["pool"], saved["rng"], saved.get("rounds", 0)
             labels.update({k: v.to(device) for k, v in saved["labels"].items()})
             if oracle is not None:
                 oracle.bit_generator.state = saved["oracle"]
+            if saved.get("pending"):
+                pending.update(saved["pending"])
+                run.log(run.start, query_round(0, False, run.start))
+        elif from_file is not None:
+            labels.update({k: torch.as_tensor(from_file[k], device=device) for k in ("o1", "a1", "o2", "a2", "mu")})
+            standardize_inputs(torch.cat([labels["o1"], labels["o2"]]), torch.cat([labels["a1"], labels["a2"]]))
+            decided = from_file["mu"] != 0.5  # how often the person agreed with the true returns
+            agree = ((from_file["r1"] > from_file["r2"]) == (from_file["mu"] > 0.5))[decided].mean()
+            print(f"--labels-from {args.labels_from}: {len(from_file['mu'])} labelled pairs, "
+                  f"{100 * agree:.0f}% of the decided ones agree with the true returns")  # fmt: skip
+            run.log(0, train_reward(True) | {"labels/agreement_with_true_return": float(agree)})
         return len(labels["mu"]) if labels else 0
 
     train = train_sac if not spec.discrete else train_ppo
-    actor, final = train(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, run, restore)
+    try:
+        actor, final = train(args, spec, device, reward, act_vec, add_fragments, query_round, queries_due, run, restore)
+    finally:
+        if isinstance(gatherer, labelling.WebGatherer):
+            gatherer.close()
     if args.save_model:
         envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="drlhp")
         envs.atomic_torch_save({"state_dict": reward.state_dict(), "hidden": list(args.reward_hidden),

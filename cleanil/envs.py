@@ -350,6 +350,27 @@ def render_episode(policy: Callable, env_id: str, seed: int, max_frames: int = 1
     return np.stack(frames), ret, int(fps)
 
 
+def sim_state(env: gym.Env) -> np.ndarray:
+    """What it takes to draw this moment again: MuJoCo's qpos and qvel, or a classic-control env's ``state``."""
+    u = env.unwrapped
+    if hasattr(u, "set_state") and hasattr(u, "data"):
+        return np.concatenate([u.data.qpos, u.data.qvel])
+    if getattr(u, "state", None) is not None:
+        return np.array(u.state, dtype=np.float64)
+    raise CleanILError(f"{env.spec.id if env.spec else env} keeps no simulator state to render a clip from: "
+                       "clips need a MuJoCo or a classic-control env")  # fmt: skip
+
+
+def render_state(env: gym.Env, state: np.ndarray) -> np.ndarray:
+    """Put a ``render_mode="rgb_array"`` env (reset once) in a state from ``sim_state`` and draw it."""
+    u = env.unwrapped
+    if hasattr(u, "set_state") and hasattr(u, "data"):
+        u.set_state(state[: u.model.nq], state[u.model.nq :])
+    else:
+        u.state = np.array(state)
+    return env.render()
+
+
 def record_video(policy: Callable, env_id: str, path: str | Path, seed: int, max_frames: int = 1000) -> Path:
     """Write one deterministic evaluation episode (reset seed apart from the demonstrations') to ``path``,
     an H.264 mp4 that browsers play; returns the path."""

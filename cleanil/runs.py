@@ -286,6 +286,15 @@ class Run:
         """After each step: checkpoint when due (and at the last step); on a signal, checkpoint and stop."""
         if self.signal is None and step < self.next_ckpt and step < self.total:
             return
+        self.save(step)
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name
+            self.close()
+            raise RunStopped(f"{name} at step {step}: checkpoint written; continue with "
+                             f"python {sys.argv[0]} --resume {self.dir}", 128 + self.signal)  # fmt: skip
+
+    def save(self, step: int) -> None:
+        """Write checkpoint.pt now (atomically): the registered objects, the RNG states and the extra state."""
         self._check_finite(step)
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
@@ -294,11 +303,6 @@ class Run:
                  "extra": self.extra() if self.extra else None}  # fmt: skip
         atomic_torch_save(state, self.dir / "checkpoint.pt")
         self.saved, self.next_ckpt = step, self._next_checkpoint(step)
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name
-            self.close()
-            raise RunStopped(f"{name} at step {step}: checkpoint written; continue with "
-                             f"python {sys.argv[0]} --resume {self.dir}", 128 + self.signal)  # fmt: skip
 
     def record_video(self, policy: Callable) -> None:
         """With ``--capture-video``: one deterministic evaluation episode of ``policy`` to videos/final.mp4."""

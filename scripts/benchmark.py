@@ -83,6 +83,10 @@ class Args:
     extra: str = ""
     """extra flags passed to every run, as one string after '=': --extra='--num-demos 25 --total-steps 5000';
     {seed} and {env} in it become each run's seed and env id (e.g. a reward learned by the same seed)"""
+    companion: str = ""
+    """a command started beside each run and stopped when the run ends, as one string after '=' (e.g. a
+    scripted labeller for drlhp's web page); {run} in it becomes the run's directory, {seed} and {env} as in
+    --extra: --companion='python scripts/scripted_labeller.py --run {run}'"""
     out_dir: str = "benchmark_results/records"
     """where records are written"""
     run_root: str = "runs/benchmark"
@@ -127,8 +131,17 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     with open(log, "a" if resumed else "w") as f:
         proc = subprocess.Popen(cmd + flags, cwd=envs.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         RUNNING.add(proc)
+        companion = None
+        if args.companion:
+            line = args.companion.replace("{run}", str(run_dir)).replace("{seed}", str(seed)).replace("{env}", env_id)
+            companion = subprocess.Popen(
+                shlex.split(line), cwd=envs.REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+            )
         proc.wait()
         RUNNING.discard(proc)
+        if companion is not None:
+            companion.terminate()
+            companion.wait(timeout=30)
     if STOP.is_set():
         return f"stopped {algo} {env_id} seed {seed} (exit {proc.returncode}; its checkpoint is in {run_dir})"
     if proc.returncode != 0:
@@ -157,6 +170,8 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
         "final_eval": final_eval,  # every metric of the last evaluation (e.g. IQ-Learn's reward correlations)
         "curve": curve, "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
+    if args.companion:  # the process that ran beside it (e.g. the scripted labeller of a web-labelled run)
+        record["companion"] = args.companion
     path = record_path(args.out_dir, algo, env_id, seed, args.tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
