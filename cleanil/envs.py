@@ -330,12 +330,27 @@ def check_video_support() -> None:
                            "pip install -e '.[video]'") from None  # fmt: skip
 
 
-def render_episode(policy: Callable, env_id: str, seed: int, max_frames: int = 1000, **render_kwargs: Any) -> tuple:
+def make_render_env(env_id: str, size: int | None = None) -> gym.Env:
+    """The env drawing ``rgb_array`` frames (MuJoCo: ``size`` pixels square, offscreen). A MuJoCo model whose
+    default view does not follow the body (HalfCheetah, Ant, Swimmer) is filmed by its ``track`` camera, so
+    that the agent stays in the picture."""
+    mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
+    env = make_env(env_id, render_mode="rgb_array", **({"width": size, "height": size} if mujoco and size else {}))
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    if renderer is not None and "trackbodyid" not in (renderer.default_cam_config or {}):
+        import mujoco as mj
+
+        camera = mj.mj_name2id(env.unwrapped.model, mj.mjtObj.mjOBJ_CAMERA, "track")
+        renderer.camera_id = camera if camera >= 0 else renderer.camera_id
+    return env
+
+
+def render_episode(policy: Callable, env_id: str, seed: int, max_frames: int = 1000, size: int | None = None) -> tuple:
     """One episode of ``policy`` (batched numpy obs -> action) rendered offscreen (MuJoCo through EGL on a
     headless machine, classic control through pygame): (frames [T, H, W, 3] uint8, return, frames per second).
-    MuJoCo envs take ``width``/``height`` in ``render_kwargs``."""
+    ``size``: MuJoCo's frame width and height (default 480)."""
     try:
-        env = make_env(env_id, render_mode="rgb_array", **render_kwargs)
+        env = make_render_env(env_id, size)
         obs, _ = env.reset(seed=seed)
         frames, ret, done = [env.render()], 0.0, False
     except (gym.error.DependencyNotInstalled, ImportError) as e:

@@ -31,7 +31,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import gymnasium as gym
 import numpy as np
 
 from cleanil import envs
@@ -162,9 +161,7 @@ class WebGatherer:
         """Draw the unanswered pairs' clips in page order, one env for all (rendering is not thread-safe)."""
         from PIL import Image
 
-        mujoco = "mujoco" in str(gym.spec(self.env_id).entry_point)
-        env = envs.make_env(self.env_id, render_mode="rgb_array",
-                            **({"width": self.size, "height": self.size} if mujoco else {}))  # fmt: skip
+        env = envs.make_render_env(self.env_id, self.size)
         env.reset(seed=0)
         fps = env.metadata.get("render_fps") or 30
         for left, right in pairs:

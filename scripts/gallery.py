@@ -21,7 +21,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
 import torch
 from PIL import Image
 
@@ -50,6 +49,8 @@ class Args:
     """clip width and height in pixels"""
     quality: int = 40
     """WebP quality, 0-100"""
+    page_only: bool = False
+    """rewrite README.md from the clips.json already in --out-dir, rendering nothing"""
 
 
 def benchmark_policy(run_root: Path, algo: str, env_id: str) -> Path | None:
@@ -64,9 +65,7 @@ def benchmark_policy(run_root: Path, algo: str, env_id: str) -> Path | None:
 
 def render_clip(policy, env_id: str, args: Args, path: Path) -> dict:
     """Write one episode's clip to ``path``; its whole return, from the same reset seed without rendering."""
-    is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
-    size = {"width": args.size, "height": args.size} if is_mujoco else {}
-    frames, _, fps = envs.render_episode(policy, env_id, GALLERY_SEED, args.frames * args.every, **size)
+    frames, _, fps = envs.render_episode(policy, env_id, GALLERY_SEED, args.frames * args.every, args.size)
     kept = [Image.fromarray(f).resize((args.size, args.size), Image.BILINEAR) for f in frames[:: args.every]]
     kept = kept[: args.frames]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +92,9 @@ def page(rows: dict, args: Args) -> str:
         f"seed used for nothing else ({GALLERY_SEED}); the caption is the whole episode's return (normalized",
         "return in brackets: 0 is the random policy, 1 the expert). Benchmark policies are those of the lowest",
         "seed that `scripts/benchmark.py` trained on the machine that wrote this page; `clips.json` names each",
-        "policy's run, seed and git revision. An empty cell names the command that trains the missing policy.",
+        "policy's run, seed and git revision. A dash is a policy not trained on that machine:",
+        "`python scripts/benchmark.py --algos <algo> --envs <env> --seeds 1` trains it (add `--force` where its record",
+        "exists already), and `python scripts/gallery.py` draws it.",
         "",
         "| env | " + " | ".join("expert" if c == "expert" else NAMES.get(c, c) for c in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -103,7 +104,7 @@ def page(rows: dict, args: Args) -> str:
         for c in columns:
             clip = clips.get(c)
             if clip is None:
-                cells.append(f"not run here: `python scripts/benchmark.py --algos {c} --envs {env_id} --seeds 1`")
+                cells.append("-")
             else:
                 cells.append(f"![{c} on {env_id}]({clip['file']})<br>{caption(clip)}")
         lines.append(f"| {env_id} | " + " | ".join(cells) + " |")
@@ -113,8 +114,15 @@ def page(rows: dict, args: Args) -> str:
 def main(args: Args) -> dict:
     if args.frames < 1 or args.every < 1 or args.size < 16:
         raise envs.CleanILError("--frames and --every must be at least 1 and --size at least 16")
-    envs.check_video_support()
     out, run_root = Path(args.out_dir), Path(args.run_root)
+    if args.page_only:
+        if not (out / "clips.json").is_file():
+            raise envs.CleanILError(f"--page-only: no {out / 'clips.json'} to write the page from")
+        rows = json.loads((out / "clips.json").read_text())
+        (out / "README.md").write_text(page(rows, args))
+        print(f"wrote {out / 'README.md'} from {out / 'clips.json'}")
+        return rows
+    envs.check_video_support()
     rows: dict = {}
     for name in args.envs:
         env_id = envs.resolve_env_id(name)
@@ -130,7 +138,9 @@ def main(args: Args) -> dict:
             clip = render_clip(policy, env_id, args, out / f"{env_id}__{who}.webp")
             config = policy_file.parent / "config.json"
             meta = json.loads(config.read_text()) if who != "expert" and config.exists() else {}
-            rows[env_id][who] = clip | {"file": f"{env_id}__{who}.webp", "policy": str(policy_file),
+            shown = policy_file.resolve()  # relative to the repository when it lies inside it
+            shown = shown.relative_to(envs.REPO_ROOT) if shown.is_relative_to(envs.REPO_ROOT) else shown
+            rows[env_id][who] = clip | {"file": f"{env_id}__{who}.webp", "policy": str(shown),
                                         "seed": meta.get("seed"), "git": meta.get("git")}  # fmt: skip
             print(f"{env_id} {who}: return {caption(clip)}, {clip['bytes'] / 1024:.0f} KB")
     if not rows:

@@ -114,8 +114,8 @@ SAVED = {
     "density_sac": (SAC_STATE | {"recent", "recent_count"}, set()),
     "density_ppo": (PPO_STATE | {"recent", "recent_count"}, set()),
     "mce_irl": ({"reward_net", "optimizer", "schedule"}, set()),
-    "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
-    "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle"}),
+    "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle", "rounds", "pending"}),
+    "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle", "rounds", "pending"}),
 }
 
 
