@@ -235,3 +235,26 @@ def test_page_in_a_real_browser_by_keyboard_and_click(tmp_path):
     assert [r["answer"] for r in records] == [a for _, a in given]
     assert len(records) >= 8  # 8 labels are needed, and skips do not count
     print(f"{len(given)} answers, page response after an answer: median {1000 * np.median(times):.0f} ms")
+
+
+def test_web_labels_learn_exactly_like_the_in_process_oracle(tmp_path):
+    """Every label through the page's HTTP endpoints, given as the oracle would: the run must learn the same
+    reward and policy, row for row (eager updates, so that both runs draw the same numbers)."""
+    proc = run_in_background(tmp_path, "--run-dir", str(tmp_path), "--run-name", "web", "--seed", "1")
+    labeller = run_cli("scripts/scripted_labeller.py", "--run", str(tmp_path / "web"))
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0 and labeller.returncode == 0, labeller.stderr
+    flags = list(TINY)
+    flags[flags.index("web")] = "synthetic"
+    res = run_cli("cleanil/drlhp.py", *flags, "--seed", "1", "--run-dir", str(tmp_path), "--run-name", "oracle")
+    assert res.returncode == 0, res.stderr
+
+    def rows(run: str) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k not in ("time", "env_steps_per_s")} for r in read_metrics(tmp_path / run)
+        ]
+
+    web, oracle = rows("web"), rows("oracle")
+    assert web == oracle
+    assert max(r.get("queries", 0) for r in web) == 8 and "reward/new_label_accuracy" in web[-2] | web[-1]
+    assert np.isfinite(web[-1]["eval/return"])  # the policy trained on those labels was scored
