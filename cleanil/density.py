@@ -99,7 +99,8 @@ class Args:
     """log losses every this many env steps (PPO logs after every rollout)"""
     # ---- the algorithm: density-based reward
     density_on: Literal["s", "sa", "ss"] = "sa"
-    """what the density models: states (s), state-action pairs (sa) or state-next-state pairs (ss)"""
+    """what the density models: states (s), state-action pairs (sa) or state-next-state pairs (ss); on s or ss
+    the demos need no actions"""
     bandwidth: float | None = None
     """kernel bandwidth h on standardized features; None: Scott's rule n^(-1 / (d + 4))"""
     ratio: bool = False
@@ -379,10 +380,15 @@ def main(args: Args) -> dict:
         raise envs.CleanILError("--ratio needs --policy-samples >= 2 and --refit-every >= 1")
     runs.check_budget(args, off_policy=generator == "sac")
     runs.set_seed(args.seed)
-    demos = envs.load_demos(env_id, args.num_demos, args.demos)
+    with_actions = args.density_on == "sa"  # on s or ss the demos need no actions (and they are dropped)
+    demos = envs.load_demos(env_id, args.num_demos, args.demos, actions=with_actions)
     args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
-    e = {k: torch.as_tensor(demos[k], device=device) for k in ("obs", "actions", "next_obs")}
-    act = nn.functional.one_hot(e["actions"], spec.act_dim).float() if spec.discrete else e["actions"]
+    e = {k: torch.as_tensor(demos[k], device=device) for k in ("obs", "next_obs")}
+    if with_actions:
+        act = torch.as_tensor(demos["actions"], device=device)
+        act = nn.functional.one_hot(act, spec.act_dim).float() if spec.discrete else act
+    else:  # not read by features() on s or ss
+        act = torch.zeros(len(e["obs"]), spec.act_dim, device=device)
     reward_fn = DensityReward(features(e["obs"], act, e["next_obs"], args.density_on), args)
     print(f"density of {len(act)} expert transitions on {args.density_on}: d = {reward_fn.expert.z.shape[1]}, "
           f"bandwidth {reward_fn.expert.h:.3f}, floor {reward_fn.expert.floor.item():.2f}")  # fmt: skip

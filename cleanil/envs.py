@@ -9,7 +9,8 @@
 - ``rollout`` and ``evaluate`` (raw and normalized return, on reset seeds apart from the demonstrations'), and
   ``render_episode``/``record_video`` (``--capture-video``).
 - Demonstrations: ``load_demos`` (a user's ``.npz`` file, or the expert's, generated once and cached under
-  ``$CLEANIL_CACHE``), ``load_demos_with_heldout``, ``validate_demos`` and ``save_demo_file``.
+  ``$CLEANIL_CACHE``), ``load_demos_with_heldout``, ``validate_demos`` and ``save_demo_file``; a file may lack
+  ``actions`` for the algorithms that learn from observations alone (``OBSERVATION_ONLY``).
 - ``CleanILError`` (a problem with the user's input, reported as one line) and ``atomic_torch_save``.
 """
 
@@ -51,6 +52,8 @@ ENV_ALIASES = {
 DEMO_SEED_BASE, EVAL_SEED_BASE, EXPERT_EVAL_SEED_BASE = 1_000_000, 2_000_000, 3_000_000
 DEFAULT_NUM_DEMOS = 10  # episodes imitated when --num-demos is not given and no demo file is
 DEMO_KEYS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
+# the algorithms (and settings) that learn from demonstrations without actions
+OBSERVATION_ONLY = ("gail.py --observation-only", "bco.py", "density.py --density-on s or ss")
 ROLLOUT_CHUNK = 10  # episodes run side by side; fixed so episode k is identical whatever the count
 
 
@@ -403,12 +406,14 @@ def record_video(policy: Callable, env_id: str, path: str | Path, seed: int, max
 
 # ----------------------------------------------------------------------------- demonstrations
 def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
-    """Check a demo dict against the env; return it with canonical dtypes or raise CleanILError."""
-    missing = [k for k in DEMO_KEYS if k not in data]
+    """Check a demo dict against the env; return it with canonical dtypes or raise CleanILError. ``actions``
+    may be absent (demonstrations of observations alone); every other array of DEMO_KEYS must be there."""
+    keys = [k for k in DEMO_KEYS if k != "actions" or "actions" in data]
+    missing = [k for k in DEMO_KEYS if k not in data and k != "actions"]
     if missing:
         raise CleanILError(f"demo file {source} lacks the array(s) {', '.join(missing)}")
     n = len(data["obs"])
-    if n == 0 or any(len(data[k]) != n for k in DEMO_KEYS):
+    if n == 0 or any(len(data[k]) != n for k in keys):
         raise CleanILError(f"demo file {source} is empty or its arrays differ in length")
     for key in ("obs", "next_obs"):
         if spec.obs_discrete:
@@ -420,24 +425,11 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
         elif data[key].shape[1:] != (spec.obs_dim,):
             raise CleanILError(f"demo file {source} has '{key}' of shape {data[key].shape[1:]} per step, "
                                f"but {spec.env_id} observations have shape ({spec.obs_dim},)")  # fmt: skip
-    act = data["actions"]
-    if spec.discrete:
-        if act.ndim != 1 or not np.issubdtype(act.dtype, np.integer) or act.min() < 0 or act.max() >= spec.act_dim:
-            raise CleanILError(f"demo file {source} must hold integer actions in [0, {spec.act_dim}) for {spec.env_id}")
-    elif act.shape[1:] != (spec.act_dim,):
-        raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
-                           f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
-    for key in ("obs", "actions", "rewards", "next_obs"):
+    for key in ("obs", "rewards", "next_obs"):
         if not np.isfinite(data[key]).all():
             raise CleanILError(f"demo file {source} contains NaN or infinite values in '{key}'")
-    if not spec.discrete:  # continuous actions must lie in the env's box (what the env would clip them to)
-        low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
-        outside = np.argwhere((act < low - 1e-6 * np.abs(low)) | (act > high + 1e-6 * np.abs(high)))
-        if len(outside):
-            row, i = outside[0]
-            bound = f"[{low[i]:.4g}, {high[i]:.4g}]"
-            raise CleanILError(f"demo file {source} has 'actions' outside {spec.env_id}'s action bounds: "
-                               f"actions[{row}, {i}] = {act[row, i]:.4g} is not in {bound}")  # fmt: skip
+    if "actions" in data:
+        check_demo_actions(data["actions"], spec, source)
     done = np.asarray(data["terminated"], bool) | np.asarray(data["truncated"], bool)
     if not done[-1]:
         raise CleanILError(f"demo file {source} ends in the middle of an episode")
@@ -450,9 +442,30 @@ def validate_demos(data: dict, spec: EnvSpec, source: str) -> dict:
     out = {k: np.asarray(data[k], obs_dtype) for k in ("obs", "next_obs")} | {
         "rewards": data["rewards"].astype(np.float32)
     }
-    out["actions"] = act.astype(np.int64 if spec.discrete else np.float32)
+    if "actions" in data:
+        out["actions"] = data["actions"].astype(np.int64 if spec.discrete else np.float32)
     out.update(terminated=np.asarray(data["terminated"], bool), truncated=np.asarray(data["truncated"], bool))
     return out
+
+
+def check_demo_actions(act: np.ndarray, spec: EnvSpec, source: str) -> None:
+    """The demo file's actions fit the env's action space: shape, type, finite values, bounds."""
+    if spec.discrete:
+        if act.ndim != 1 or not np.issubdtype(act.dtype, np.integer) or act.min() < 0 or act.max() >= spec.act_dim:
+            raise CleanILError(f"demo file {source} must hold integer actions in [0, {spec.act_dim}) for {spec.env_id}")
+    elif act.shape[1:] != (spec.act_dim,):
+        raise CleanILError(f"demo file {source} has actions of shape {act.shape[1:]} per step, "
+                           f"but {spec.env_id} actions have shape ({spec.act_dim},)")  # fmt: skip
+    if not np.isfinite(act).all():
+        raise CleanILError(f"demo file {source} contains NaN or infinite values in 'actions'")
+    if not spec.discrete:  # continuous actions must lie in the env's box (what the env would clip them to)
+        low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+        outside = np.argwhere((act < low - 1e-6 * np.abs(low)) | (act > high + 1e-6 * np.abs(high)))
+        if len(outside):
+            row, i = outside[0]
+            bound = f"[{low[i]:.4g}, {high[i]:.4g}]"
+            raise CleanILError(f"demo file {source} has 'actions' outside {spec.env_id}'s action bounds: "
+                               f"actions[{row}, {i}] = {act[row, i]:.4g} is not in {bound}")  # fmt: skip
 
 
 def episode_ends(data: dict) -> np.ndarray:
@@ -495,19 +508,21 @@ def generate_demos(env_id: str, num: int, seed: int = 0) -> dict:
     return rollout(expert, env_id, num, DEMO_SEED_BASE + 10_000 * seed, record=True)["transitions"]
 
 
-def load_demos(env_id: str, num: int | None, path: str | None = None, seed: int = 0) -> dict:
+def load_demos(env_id: str, num: int | None, path: str | None = None, seed: int = 0, actions: bool = True) -> dict:
     """The first ``num`` episodes of a user file (``path``) or of the expert's cached demos. ``num`` None
-    means every episode of the file (said on stdout), or DEFAULT_NUM_DEMOS of the expert's."""
-    return load_demos_with_heldout(env_id, num, 0, path, seed)[0]
+    means every episode of the file (said on stdout), or DEFAULT_NUM_DEMOS of the expert's. ``actions``:
+    whether the algorithm learns from the expert's actions (a file without them is then refused); False
+    drops them, so that an algorithm that learns from observations alone never sees them."""
+    return load_demos_with_heldout(env_id, num, 0, path, seed, actions)[0]
 
 
 def load_demos_with_heldout(env_id: str, num: int | None, heldout: int | None, path: str | None = None,
-                            seed: int = 0) -> tuple[dict, dict]:  # fmt: skip
+                            seed: int = 0, actions: bool = True) -> tuple[dict, dict]:  # fmt: skip
     """Training episodes and the ``heldout`` episodes after them (for scoring a recovered reward).
 
     From a file: ``num`` None trains on every episode the held-out ones leave; ``heldout`` None holds out
     up to 5 episodes beyond those trained on, and none when the file has no more.
-    From the expert: ``num`` None is DEFAULT_NUM_DEMOS, ``heldout`` None is 5.
+    From the expert: ``num`` None is DEFAULT_NUM_DEMOS, ``heldout`` None is 5. ``actions``: as in load_demos.
     """
     for flag, value in (("--num-demos", num), ("--heldout-demos", heldout)):
         if value is not None and value < (1 if flag == "--num-demos" else 0):
@@ -516,8 +531,16 @@ def load_demos_with_heldout(env_id: str, num: int | None, heldout: int | None, p
     if path is None:
         num, heldout = num or DEFAULT_NUM_DEMOS, 5 if heldout is None else heldout
         data = expert_demos(env_id, spec, num + heldout, seed)
+    else:
+        data = load_demo_file(path, spec)
+        if actions and "actions" not in data:
+            raise CleanILError(f"demo file {path} holds no 'actions', and this algorithm learns from the expert's "
+                               f"actions (from observations alone: {', '.join(OBSERVATION_ONLY)})")  # fmt: skip
+    if not actions:
+        data = {k: v for k, v in data.items() if k != "actions"}
+    if path is None:
         return episodes(data, 0, num), (episodes(data, num, num + heldout) if heldout else {})
-    return select_episodes(load_demo_file(path, spec), num, heldout, path)
+    return select_episodes(data, num, heldout, path)
 
 
 def select_episodes(data: dict, num: int | None, heldout: int | None, path: str) -> tuple[dict, dict]:

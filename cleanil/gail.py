@@ -1,8 +1,10 @@
-"""GAIL: generative adversarial imitation learning, with an off-policy SAC generator (DAC) or PPO.
+"""GAIL: generative adversarial imitation learning, with an off-policy SAC generator (DAC) or PPO; and GAIfO.
 
 Ho & Ermon (2016), "Generative Adversarial Imitation Learning", NeurIPS, https://arxiv.org/abs/1606.03476.
 Kostrikov et al. (2019), "Discriminator-Actor-Critic: Addressing Sample Inefficiency and Reward Bias in
 Adversarial Imitation Learning" (DAC), ICLR, https://arxiv.org/abs/1809.02925.
+Torabi, Warnell & Stone (2018), "Generative Adversarial Imitation from Observation" (GAIfO),
+https://arxiv.org/abs/1807.06158.
 
     min_pi max_D  E_{pi_E}[ log D(s, a) ] + E_pi[ log(1 - D(s, a)) ],      D = sigmoid(d(s, a))
 
@@ -14,6 +16,12 @@ maximizes the discounted sum of a reward computed from d (``--reward``):
 The default is the logit: at the optimal discriminator d = log(rho_E / rho_pi), so the policy's return
 is -KL(rho_pi || rho_E) (Fu et al. 2018; Ghasemipour et al. 2019), and its sign is set by the data,
 not by the form, so neither surviving nor ending an episode is rewarded for its own sake.
+
+GAIfO (``--observation-only``): the discriminator scores state transitions, D(s, s'), in place of (s, a),
+    min_pi max_D  E_{pi_E}[ log D(s, s') ] + E_pi[ log(1 - D(s, s')) ],
+so the demonstrations need no actions (a demo file without them is accepted, and the expert's actions
+are dropped when the demos come from the shipped expert). Everything else is GAIL's, below: both
+generators, the gradient penalty, absorbing states (a terminating (s, s') becomes (s, s_abs)).
 
 What this implementation adds:
 - ``--generator sac`` (default for continuous actions): off-policy, as in DAC. The discriminator's
@@ -115,6 +123,8 @@ class Args:
     # ---- the algorithm: GAIL
     generator: Literal["sac", "ppo"] | None = None
     """policy optimizer: sac (off-policy, continuous actions) or ppo (on-policy); None: sac if it applies"""
+    observation_only: bool = False
+    """GAIfO: the discriminator scores state transitions (s, s') instead of (s, a); the demos need no actions"""
     reward: Literal["logit", "gail", "log_d"] = "logit"
     """policy reward from the discriminator: logit = log D - log(1 - D), gail = -log(1 - D), log_d = log D"""
     absorbing: bool = True
@@ -177,11 +187,12 @@ class Args:
 
 # ------------------------------------------------------------------- discriminator (the algorithm)
 class Discriminator(nn.Module):
-    """Logit d(x) of D = P(expert | s, a), x = [s, flag, a]; inputs standardized with expert statistics."""
+    """Logit d(x) of D = P(expert | x), x = disc_input(transition); inputs standardized with expert statistics."""
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...]):
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], observation_only: bool = False):
         super().__init__()
         self.norm, self.net = nets.Normalizer(in_dim), nets.mlp(in_dim, 1, hidden, nn.Tanh)
+        self.observation_only = observation_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.norm(x)).squeeze(-1)
@@ -194,9 +205,12 @@ class Discriminator(nn.Module):
 BATCH_KEYS = ("obs", "act", "next_obs", "mask")  # the transition fields the update steps read
 
 
-def disc_input(obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """[s, flag, a] with the action zeroed in the absorbing state (flag = 1): it has a single action."""
-    return torch.cat([obs, act * (1 - obs[..., -1:])], -1)
+def disc_input(b: dict, observation_only: bool = False) -> torch.Tensor:
+    """GAIL: x = [s, flag, a], the action zeroed in the absorbing state (flag = 1): it has a single action.
+    GAIfO (``observation_only``): x = [s, flag, s', flag'], the state transition; the action is not read."""
+    if observation_only:
+        return torch.cat([b["obs"], b["next_obs"]], -1)
+    return torch.cat([b["obs"], b["act"] * (1 - b["obs"][..., -1:])], -1)
 
 
 def with_absorbing(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
@@ -277,7 +291,7 @@ def policy_reward(logits: torch.Tensor, kind: str) -> torch.Tensor:
 def discriminator_reward(disc: Discriminator, b: dict, kind: str) -> torch.Tensor:
     """The policy's reward of the transitions in ``b`` (flag-augmented obs, action vectors) under the
     current discriminator, in the form ``kind`` (--reward)."""
-    return policy_reward(disc(disc_input(b["obs"], b["act"])), kind)
+    return policy_reward(disc(disc_input(b, disc.observation_only)), kind)
 
 
 def next_state_value(next_value: torch.Tensor, term: torch.Tensor, r_abs: torch.Tensor, gamma: float,
@@ -454,7 +468,8 @@ def train_ppo(args: Args, spec: envs.EnvSpec, device: torch.device, actor: nn.Mo
         term, trunc = tensors["term"].view(T, n).float(), tensors["trunc"].view(T, n).float()
         with torch.no_grad():  # reward of the rollout's rows (d's first T n) and of the absorbing state
             reward = discriminator_reward(disc, d[: T * n], args.reward).view(T, n)
-            r_abs = discriminator_reward(disc, {"obs": s_abs, "act": torch.zeros_like(d["act"][:1])}, args.reward)
+            absorbing = {"obs": s_abs, "act": torch.zeros_like(d["act"][:1]), "next_obs": s_abs}
+            r_abs = discriminator_reward(disc, absorbing, args.reward)
             value, next_value = critic(o).view(T, n), critic(o2).view(T, n)
         next_value = next_state_value(next_value, term, r_abs, args.gamma, args.absorbing)
         # GAE: delta_t = r_t + gamma V(s'_t) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
@@ -488,29 +503,36 @@ def main(args: Args) -> dict:
         raise envs.CleanILError(f"--generator sac needs continuous actions; {env_id} has discrete ones: use ppo")
     if not 0 <= args.expert_ratio < 1:
         raise envs.CleanILError(f"--expert-ratio must lie in [0, 1), got {args.expert_ratio}")
+    if args.observation_only and args.expert_ratio > 0:
+        raise envs.CleanILError("--expert-ratio trains SAC on the expert's actions; --observation-only has none")
     runs.check_budget(args, off_policy=generator == "sac")
     disc_updates = (1 if generator == "sac" else 10) if args.disc_updates is None else args.disc_updates
     args = replace(args, disc_updates=disc_updates)  # the effective setting, recorded in config.json
     runs.set_seed(args.seed)
 
-    demos = envs.load_demos(env_id, args.num_demos, args.demos)
+    obs_only = args.observation_only
+    demos = envs.load_demos(env_id, args.num_demos, args.demos, actions=not obs_only)
     args = replace(args, num_demos=len(envs.episode_ends(demos)))  # the count used, recorded in config.json
-    act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
+    if obs_only:  # GAIfO: the expert's rows carry zero actions, which nothing reads
+        act = np.zeros((len(demos["obs"]), spec.act_dim), np.float32)
+    else:
+        act = np.eye(spec.act_dim, dtype=np.float32)[demos["actions"]] if spec.discrete else demos["actions"]
     expert = with_absorbing(demos["obs"], act, demos["next_obs"], demos["terminated"], args.absorbing)
     expert = {k: torch.as_tensor(v, device=device) for k, v in expert.items()}
-    expert_x = disc_input(expert["obs"], expert["act"])
-    disc = Discriminator(expert_x.shape[1], args.disc_hidden).to(device)
+    expert_x = disc_input(expert, obs_only)
+    disc = Discriminator(expert_x.shape[1], args.disc_hidden, obs_only).to(device)
     if args.disc_standardize:  # else raw inputs: the penalty then bounds the slope per raw unit, as in DAC
         disc.norm.mean.copy_(expert_x.mean(0))
         disc.norm.std.copy_(expert_x.std(0).clamp_min(1e-2))
-        disc.norm.mean[spec.obs_dim], disc.norm.std[spec.obs_dim] = 0.0, 1.0  # the absorbing flag stays 0/1
+        for flag in [spec.obs_dim] + [2 * spec.obs_dim + 1] * obs_only:  # the absorbing flags stay 0/1
+            disc.norm.mean[flag], disc.norm.std[flag] = 0.0, 1.0
     disc_opt = nets.Adam(disc.parameters(), args.disc_lr)
     w_abs = absorbing_weight(args) - 1  # extra weight of an absorbing-state sample
 
     def update_disc(p: dict) -> dict:
         """One step on -E_E[log D] - E_pi[log(1 - D)] + lambda GP, with as many expert as policy samples."""
         e = sample_rows(expert, len(p["obs"]))  # as many expert transitions as policy ones
-        z_e, z_pi = disc.norm(disc_input(e["obs"], e["act"])), disc.norm(disc_input(p["obs"], p["act"]))
+        z_e, z_pi = disc.norm(disc_input(e, obs_only)), disc.norm(disc_input(p, obs_only))
         logit_e, logit_pi = disc.net(z_e).squeeze(-1), disc.net(z_pi).squeeze(-1)
         loss = discriminator_loss(logit_e, logit_pi, 1 + w_abs * e["obs"][:, -1], 1 + w_abs * p["obs"][:, -1])
         keep = [1 - x["obs"][:, -1] for x in (e, p)]  # away from s_abs
@@ -525,7 +547,8 @@ def main(args: Args) -> dict:
     calls = args.total_steps if generator == "sac" else rollouts * args.disc_updates
     update_disc = nets.maybe_compile(update_disc, args.compile, calls, args.cudagraphs)  # if it pays
 
-    run = runs.Run(args, f"gail_{generator}", env_id, args.total_steps)
+    algo = "gaifo" if obs_only else "gail"
+    run = runs.Run(args, f"{algo}_{generator}", env_id, args.total_steps)
     state = {"disc": disc, "disc_opt": disc_opt}  # saved in checkpoints with the generator's own
     actor = envs.make_actor(spec, args.hidden).to(device)
     if generator == "sac":
@@ -534,14 +557,19 @@ def main(args: Args) -> dict:
     else:
         final = train_ppo(args, spec, device, actor, disc, update_disc, run, state)
     if args.save_model:
-        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo="gail")
+        envs.save_policy(run.dir / "model.pt", actor, spec, args.hidden, algo=algo)
         blob = {"state_dict": disc.state_dict(), "hidden": list(args.disc_hidden), "reward": args.reward,
-                "absorbing": args.absorbing}  # fmt: skip
+                "absorbing": args.absorbing, "observation_only": obs_only}  # fmt: skip
         envs.atomic_torch_save(blob, run.dir / "discriminator.pt")
     run.record_video(envs.numpy_policy(actor, device))
     run.close()
     return final
 
 
+def config_dir(argv: list[str]) -> str:
+    """GAIfO's per-env settings are its own: configs/gaifo/ with --observation-only, else configs/gail/."""
+    return "gaifo" if "--observation-only" in argv else "gail"
+
+
 if __name__ == "__main__":
-    runs.run_cli(main, Args, "gail")
+    runs.run_cli(main, Args, config_dir)

@@ -334,11 +334,13 @@ def flag_value(argv: list[str], name: str) -> str | None:
     return None
 
 
-def parse_args(args_cls: type, config_dir: str) -> Any:
+def parse_args(args_cls: type, config_dir: str | Callable[[list[str]], str]) -> Any:
     """Parse flags with tyro. Defaults come from the saved config.json of the run given to
     ``--resume`` if any, else from ``configs/<config_dir>/<EnvId>.yaml`` if it exists (less its episode
-    counts when ``--demos`` names a file: those are the file's); flags given on the command line win over both."""
+    counts when ``--demos`` names a file: those are the file's); flags given on the command line win over both.
+    ``config_dir`` may be a function of the command line (a flag that turns a script into another algorithm)."""
     argv, loaded, fields = sys.argv[1:], {}, args_cls.__dataclass_fields__
+    config_dir = config_dir(argv) if callable(config_dir) else config_dir
     resume, env = flag_value(argv, "resume"), flag_value(argv, "env")
     if "-h" in argv or "--help" in argv:
         pass
@@ -363,7 +365,7 @@ def parse_args(args_cls: type, config_dir: str) -> Any:
     return tyro.cli(args_cls, default=args_cls(**defaults) if defaults else None)
 
 
-def run_cli(main: Callable, args_cls: type, config_dir: str) -> None:
+def run_cli(main: Callable, args_cls: type, config_dir: str | Callable[[list[str]], str]) -> None:
     """Entry point of every script: set up the process, parse, run, and turn CleanILError into one line
     and exit 2."""
     configure_process()

@@ -39,11 +39,13 @@ import tyro
 
 from cleanil import envs, runs
 
-ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp", "sac")
+ALGOS = ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp", "bco", "gaifo", "sac")
+# gaifo: gail.py --observation-only, imitating the expert's states alone (its demos' actions are dropped)
 # sac: the RL reference on the env's true reward (scripts/train_expert.py, settings from
 # configs/train_expert/), e.g. what DRLHP's learned reward is compared with at the same env steps;
 # its best policy is written inside the run, never over the shipped experts
-SCRIPTS = {a: f"cleanil/{a}.py" for a in ALGOS[:-1]} | {"sac": "scripts/train_expert.py"}
+SCRIPTS = {a: f"cleanil/{a}.py" for a in ALGOS[:-2]} | {"gaifo": "cleanil/gail.py", "sac": "scripts/train_expert.py"}
+ALGO_FLAGS = {"gaifo": ["--observation-only"]}  # the flags that make a script the algorithm of that name
 CLASSIC = ("CartPole", "Acrobot", "MountainCar", "Pendulum")
 MUJOCO = ("HalfCheetah", "Hopper", "Walker2d", "Ant")
 # the envs each algorithm is benchmarked on, per suite (settings come from configs/<algo>/<EnvId>.yaml)
@@ -51,8 +53,9 @@ SUITES = {
     "classic": {"bc": CLASSIC, "dagger": CLASSIC, "gail": ("CartPole", "Pendulum"), "airl": ("CartPole", "Pendulum"),
                 "iqlearn": ("CartPole", "Acrobot"), "sqil": ("CartPole", "Pendulum"),
                 "density": ("CartPole", "Pendulum"), "drlhp": ("CartPole", "Pendulum"),
-                "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4")},
-    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn", "sqil")}
+                "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4"), "bco": ("CartPole", "Pendulum"),
+                "gaifo": ("CartPole", "Pendulum")},
+    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "bco", "gaifo")}
               | {"drlhp": ("HalfCheetah", "Hopper"), "density": ("HalfCheetah", "Hopper")},
 }  # fmt: skip
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
@@ -113,8 +116,8 @@ def run_job(algo: str, env_id: str, seed: int, args: Args) -> str:
     run_dir_flag = os.path.relpath(run_root, envs.REPO_ROOT)
     extra = shlex.split(args.extra.replace("{seed}", str(seed)).replace("{env}", env_id))
     env_flag = ENV_FLAGS.get(env_id, env_id)  # module:EnvName-v0 as given, so that each run imports the module
-    cmd = [sys.executable, SCRIPTS[algo], "--env", env_flag, "--seed", str(seed), "--run-dir", run_dir_flag,
-           "--run-name", "run", *extra]  # fmt: skip
+    cmd = [sys.executable, SCRIPTS[algo], *ALGO_FLAGS.get(algo, []), "--env", env_flag, "--seed", str(seed),
+           "--run-dir", run_dir_flag, "--run-name", "run", *extra]  # fmt: skip
     if algo == "sac":
         expert_dir = os.path.join(run_dir_flag, "run", "expert")
         cmd += ["--algo", "sac", "--out-dir", expert_dir, "--final-eval-episodes", "10"]

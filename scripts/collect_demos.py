@@ -4,6 +4,7 @@ Episode k is reset with a seed derived from ``--seed`` and k, and the expert act
 deterministically, so the same command writes the same file.
 
 Run: python scripts/collect_demos.py --env HalfCheetah --num-demos 25 --out demos/halfcheetah.npz
+(``--no-actions`` leaves the actions out: a file for the algorithms that learn from observations alone)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Args:
     """a policy file saved by cleanil (runs/<run>/model.pt); default: the shipped expert"""
     out: str = "demos.npz"
     """output .npz file (written atomically; an existing file is replaced)"""
+    no_actions: bool = False
+    """leave the actions out of the file: demonstrations of observations alone, for gail.py --observation-only,
+    bco.py and density.py --density-on s or ss"""
 
 
 def main(args: Args) -> dict:
@@ -42,9 +46,12 @@ def main(args: Args) -> dict:
     policy = envs.numpy_policy(actor, torch.device("cpu"))
     result = envs.rollout(policy, env_id, args.num_demos, envs.DEMO_SEED_BASE + 10_000 * args.seed, record=True)
     data = envs.validate_demos(result["transitions"], spec, args.out)
+    if args.no_actions:
+        del data["actions"]
     envs.save_demo_file(args.out, data)
     returns = result["returns"]
-    print(f"wrote {args.num_demos} episodes ({len(data['obs'])} transitions) to {Path(args.out)}: "
+    what = "episodes of observations alone" if args.no_actions else "episodes"
+    print(f"wrote {args.num_demos} {what} ({len(data['obs'])} transitions) to {Path(args.out)}: "
           f"return {returns.mean():.1f} +- {returns.std():.1f}")  # fmt: skip
     return {"return_mean": float(returns.mean()), "transitions": len(data["obs"])}
 

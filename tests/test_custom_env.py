@@ -105,6 +105,8 @@ SMOKE = {  # each algorithm on the user's env and demos, a few updates each
     "dagger": ["--rounds", "2", "--total-steps", "100", "--updates-per-round", "20"],
     "drlhp": ["--total-steps", "300", "--learning-starts", "100", "--query-every", "100", "--num-queries", "10",
               "--fragment-length", "10", "--reward-updates", "5", "--batch-size", "32"],
+    "bco": ["--demos", "DEMOS", "--total-steps", "300", "--pre-steps", "200", "--alpha", "0.5", "--inverse-updates",
+            "10", "--policy-updates", "10", "--batch-size", "32"],
 } | {
     algo: ["--demos", "DEMOS", "--total-steps", "300", "--learning-starts", "100", "--batch-size", "32"]
     for algo in ("gail", "airl", "iqlearn", "sqil", "density")

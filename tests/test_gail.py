@@ -86,8 +86,21 @@ def test_absorbing_transitions(mod):
 
 def test_gail_discriminator_sees_no_action_in_the_absorbing_state():
     obs = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
-    x = gail.disc_input(obs, torch.tensor([[0.5], [0.5]]))
+    x = gail.disc_input({"obs": obs, "act": torch.tensor([[0.5], [0.5]]), "next_obs": obs + 1})
     assert x.tolist() == [[1, 2, 0, 0.5], [0, 0, 1, 0]]
+
+
+def test_gaifo_discriminator_sees_the_state_transition_and_never_the_action():
+    """GAIfO's input is [s, flag, s', flag']: a terminating (s, s_abs) and the absorbing loop (s_abs, s_abs)
+    included; changing the actions changes nothing."""
+    obs = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    next_obs = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    b = {"obs": obs, "act": torch.tensor([[0.5], [-0.5], [0.0]]), "next_obs": next_obs}
+    x = gail.disc_input(b, observation_only=True)
+    assert x.tolist() == [[1, 2, 0, 3, 4, 0], [3, 4, 0, 0, 0, 1], [0, 0, 1, 0, 0, 1]]
+    assert torch.equal(gail.disc_input(b | {"act": torch.full((3, 1), 9.0)}, observation_only=True), x)
+    disc = gail.Discriminator(6, (8,), observation_only=True)  # the reward reads the same input
+    assert torch.equal(gail.discriminator_reward(disc, b, "logit"), disc(x))
 
 
 @pytest.mark.parametrize("mod", [gail, airl])
@@ -208,7 +221,7 @@ def test_discriminator_reward_is_the_chosen_form_of_the_logit():
     torch.manual_seed(0)
     disc = gail.Discriminator(4, (8,))
     b = {"obs": torch.cat([torch.randn(16, 2), torch.zeros(16, 1)], 1), "act": torch.randn(16, 1)}
-    d = disc(gail.disc_input(b["obs"], b["act"]))
+    d = disc(gail.disc_input(b))
     assert torch.equal(gail.discriminator_reward(disc, b, "logit"), d)
     assert torch.allclose(gail.discriminator_reward(disc, b, "gail"), -torch.log(1 - torch.sigmoid(d)), atol=1e-6)
     assert torch.allclose(gail.discriminator_reward(disc, b, "log_d"), torch.log(torch.sigmoid(d)), atol=1e-6)
@@ -237,7 +250,7 @@ def test_gail_learns_cartpole(tmp_path):
         act = np.eye(spec.act_dim, dtype=np.float32)[data["actions"]]
         x = gail.with_absorbing(data["obs"], act, data["next_obs"], data["terminated"], blob["absorbing"])
         with torch.no_grad():
-            return disc(gail.disc_input(torch.as_tensor(x["obs"]), torch.as_tensor(x["act"]))).numpy()
+            return disc(gail.disc_input({k: torch.as_tensor(v) for k, v in x.items()})).numpy()
 
     expert, random = logits(heldout_expert("CartPole-v1")), logits(random_transitions("CartPole-v1"))
     accuracy = ((expert > 0).mean() + (random < 0).mean()) / 2

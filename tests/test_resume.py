@@ -91,6 +91,27 @@ CASES = {
         17,
         True,
     ),
+    "gaifo_sac": ("gail", {"env": "Pendulum", "observation_only": True, **SAC}, 170, False),
+    "bco": (
+        "bco",
+        {
+            "env": "Pendulum",
+            "total_steps": 300,
+            "pre_steps": 100,
+            "alpha": 0.5,
+            "inverse_updates": 10,
+            "policy_updates": 10,
+            "eval_every": 100,
+            "eval_episodes": 1,
+            "num_demos": 2,
+            "batch_size": 32,
+            "hidden": H,
+            "inverse_hidden": H,
+            "checkpoint_every": 100,
+        },
+        170,
+        False,
+    ),
     "drlhp_sac": ("drlhp", {"env": "Pendulum", **DRLHP, **SAC}, 220, False),
     "drlhp_ppo": ("drlhp", {"env": "CartPole", **DRLHP, **PPO}, 256, False),
 }
@@ -114,6 +135,8 @@ SAVED = {
     "density_sac": (SAC_STATE | {"recent", "recent_count"}, set()),
     "density_ppo": (PPO_STATE | {"recent", "recent_count"}, set()),
     "mce_irl": ({"reward_net", "optimizer", "schedule"}, set()),
+    "gaifo_sac": (SAC_STATE | {"disc", "disc_opt"}, set()),
+    "bco": ({"inverse", "actor", "inverse_opt", "actor_opt", "labels", "replay"}, set()),
     "drlhp_sac": (SAC_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle", "rounds", "pending"}),
     "drlhp_ppo": (PPO_STATE | {"reward", "reward_opt"}, {"pool", "labels", "rng", "oracle", "rounds", "pending"}),
 }
@@ -230,7 +253,7 @@ def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch, signal_guar
 
 
 @pytest.mark.parametrize(
-    "case", ["bc", "dagger", "gail_sac", "airl_ppo", "iqlearn_online", "sqil_discrete", "mce_irl", "drlhp_ppo"]
+    "case", ["bc", "dagger", "gail_sac", "airl_ppo", "iqlearn_online", "sqil_discrete", "mce_irl", "drlhp_ppo", "bco"]
 )
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(case, tmp_path, monkeypatch, signal_guard):
     mod, args, k, _ = make_args(case, tmp_path, "run")

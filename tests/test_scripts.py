@@ -137,6 +137,19 @@ def test_benchmark_sac_reference_leaves_the_shipped_experts_alone(tmp_path):
     assert (REPO / "cleanil" / "experts" / "Pendulum-v1.json").read_bytes() == shipped
 
 
+def test_benchmark_gaifo_is_gail_from_states_alone(tmp_path):
+    """The gaifo variant runs gail.py --observation-only: its record's command says so and its run is GAIfO's."""
+    res = run_cli("scripts/benchmark.py", "--algos", "gaifo", "--envs", "Pendulum", "--seeds", "1", "--out-dir",
+                  str(tmp_path / "records"), "--run-root", str(tmp_path / "runs"),
+                  "--extra=--num-demos 2 --hidden 16 16 --total-steps 200 --learning-starts 100 --eval-every 200 "
+                  "--eval-episodes 1 --batch-size 32")  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    rec = json.loads((tmp_path / "records" / "gaifo" / "Pendulum-v1__seed1.json").read_text())
+    assert rec["command"].startswith("python cleanil/gail.py --observation-only ") and rec["algo"] == "gaifo"
+    config = json.loads((tmp_path / "runs" / "gaifo" / "Pendulum-v1__seed1" / "run" / "config.json").read_text())
+    assert config["observation_only"] and config["algorithm"] == "gaifo_sac"
+
+
 def test_benchmark_reward_transfer_uses_each_seeds_own_reward(tmp_path):
     """{seed} and {env} in --extra are filled per run: the transfer run of seed 2 trains on seed 2's reward."""
     tiny = "--total-steps 300 --learning-starts 150 --eval-every 300 --log-every 50 --batch-size 32 --eval-episodes 2"
@@ -203,7 +216,9 @@ def test_sigterm_to_the_benchmark_checkpoints_its_runs(tmp_path):
     assert (metrics.parent / "checkpoint.pt").exists() and not (tmp_path / "rec").exists()
 
 
-@pytest.mark.parametrize("algo", ["bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp"])
+@pytest.mark.parametrize(
+    "algo", ["bc", "dagger", "gail", "airl", "iqlearn", "sqil", "density", "mce_irl", "drlhp", "bco"]
+)
 def test_help_explains_every_flag(algo):
     import importlib
 
@@ -224,7 +239,7 @@ def test_benchmark_suite_grid(tmp_path):
     assert ("bc", "Hopper-v5", "seed", "3") in runs and ("bc", "Hopper-v5", "seed", "4") not in runs
     assert ("mce_irl", "Taxi-v4", "seed", "1") in runs and not any(r[1] == "Taxi-v4" and r[0] == "bc" for r in runs)
     algorithms = {p.stem for p in (REPO / "cleanil").glob("*.py")} - {"__init__", "nets", "envs", "runs", "labelling"}
-    assert {r[0] for r in runs} == algorithms  # every algorithm file, and nothing else, is in the suite
+    assert {r[0] for r in runs} == algorithms | {"gaifo"}  # every algorithm file (and gail's GAIfO), nothing else
     res = run_cli("scripts/benchmark.py", "--suite", "classic", "--seeds", "1", "--dry-run", "--out-dir", str(tmp_path))
     assert res.returncode == 0 and "seed 2" not in res.stdout
 
