@@ -55,7 +55,8 @@ SUITES = {
                 "density": ("CartPole", "Pendulum"), "drlhp": ("CartPole", "Pendulum"),
                 "mce_irl": ("FrozenLake-v1", "CliffWalking-v1", "Taxi-v4"), "bco": ("CartPole", "Pendulum"),
                 "gaifo": ("CartPole", "Pendulum")},
-    "mujoco": {a: MUJOCO for a in ("bc", "dagger", "gail", "airl", "iqlearn", "sqil", "bco", "gaifo")}
+    "mujoco": {a: MUJOCO for a in ("airl", "sqil", "bco", "gaifo")}
+              | {a: (*MUJOCO, "Swimmer") for a in ("bc", "dagger", "gail", "iqlearn")}
               | {"drlhp": ("HalfCheetah", "Hopper"), "density": ("HalfCheetah", "Hopper")},
 }  # fmt: skip
 SUITE_SEEDS = {"classic": 5, "mujoco": 3}
