@@ -40,8 +40,8 @@ terminations stay in view (else f(s_abs) drifts up unseen and, on CartPole, the 
   with --state-only --generator ppo: a fresh SAC climbs g from PPO-AIRL on HalfCheetah (2 of 3
   benchmark seeds), not g from SAC-AIRL (arXiv:2403.14593).
 
-Run: python cleanil/airl.py --env HalfCheetah  (settings from configs/airl/HalfCheetah-v5.yaml: 10 demos, SAC
-generator, 300k env steps; normalized 1.05, 0.97 and 0.99 on benchmark seeds 1-3, 65-95 min on one CPU core;
+Run: python cleanil/airl.py --env HalfCheetah  (the defaults, with no config file for HalfCheetah: 10 demos,
+SAC generator, 300k env steps; normalized 1.05, 0.97 and 0.99 on benchmark seeds 1-3, 65-95 min on one CPU core;
 records in benchmark_results/)
 """
 
@@ -76,7 +76,7 @@ class Args:
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 100_000
+    total_steps: int = 300_000
     """environment steps of interaction"""
     num_demos: int | None = None
     """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
@@ -144,7 +144,7 @@ class Args:
     # ---- SAC generator
     buffer_size: int = 1_000_000
     """replay capacity"""
-    learning_starts: int = 5_000
+    learning_starts: int = 10_000
     """env steps of random actions before updates start"""
     tau: float = 0.005
     """Polyak rate of the target critics"""

@@ -8,7 +8,7 @@ from its own interaction I = {(s, a, s')}, labels the expert's transitions with 
 
     inverse dynamics:  max_theta  E_{(s, a, s') ~ I}[ log M_theta(a | s, s') ]
     labels:            a~_t = the most likely action of M_theta(. | s_t, s_{t+1}), per expert transition
-    policy:            max_phi    E_{(s_t, a~_t) ~ D_E}[ log pi_phi(a~_t | s_t) ]  -  w_ent * (-H(pi_phi))
+    policy:            max_phi    E_{(s_t, a~_t) ~ D_E}[ log pi_phi(a~_t | s_t) ]  +  w_ent * H(pi_phi(. | s_t))
 
 BCO(alpha): I starts with ``--pre-steps`` steps of random actions (the pre-demonstration interaction
 I^pre); then each iteration runs the current policy (sampling its actions) for alpha I^pre more steps,
@@ -23,8 +23,8 @@ What this implementation chooses:
 - Evaluation (deterministic policy, reset seeds apart from the demonstrations') never adds to I; the
   env-step axis of the curves counts interaction only.
 
-Run: python cleanil/bco.py --env CartPole  (the defaults below, no config file for CartPole: 10 action-free
-demos, 10k steps of interaction; normalized ~1.0 in about a minute on 2 CPU cores; settings in configs/bco/)
+Run: python cleanil/bco.py --env HalfCheetah  (the defaults: 10 action-free demos, 20k random steps, 100k steps of
+interaction in all; configs/bco/ holds the classic-control budget, 10k steps)
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ class Args:
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 10_000
+    total_steps: int = 100_000
     """environment steps of interaction in all, I^pre included"""
     num_demos: int | None = None
     """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
     demos: str | None = None
     """path to a .npz demo file, actions not needed; by default the shipped expert's demos, actions dropped"""
-    eval_every: int = 2_000
+    eval_every: int = 10_000
     """evaluate the policy at the first fit after every this many env steps (and at the end)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
@@ -88,7 +88,7 @@ class Args:
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many env steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- the algorithm: BCO(alpha)
-    pre_steps: int = 5_000
+    pre_steps: int = 20_000
     """I^pre: env steps of random actions before the first fit"""
     alpha: float = 0.2
     """BCO(alpha): each iteration adds alpha * pre_steps steps of the current policy, then refits (0: fit once)"""

@@ -75,7 +75,7 @@ class Args:
     """random seed for torch, numpy, the environment, the oracle and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 100_000
+    total_steps: int = 300_000
     """environment steps of interaction"""
     eval_every: int = 10_000
     """evaluate the policy on the true reward every this many env steps (and at the end)"""
@@ -104,7 +104,7 @@ class Args:
     checkpoint_every: int = 10_000
     """write runs/<run>/checkpoint.pt every this many steps; also at the end and on Ctrl-C/SIGTERM"""
     # ---- the algorithm: preferences
-    num_queries: int = 500
+    num_queries: int = 1_400
     """total number of preference labels asked over the run"""
     initial_fraction: float = 0.25
     """share of the labels asked on random-policy fragments before RL starts"""
@@ -155,7 +155,7 @@ class Args:
     """SAC minibatch, or PPO minibatch"""
     buffer_size: int = 1_000_000
     """SAC replay capacity"""
-    learning_starts: int = 5_000
+    learning_starts: int = 10_000
     """SAC: env steps of random actions before updates start"""
     tau: float = 0.005
     """SAC: Polyak rate of the target critics"""

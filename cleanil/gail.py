@@ -51,8 +51,8 @@ What this implementation adds:
 - Discriminator inputs are standardized with the expert data's statistics (--no-disc-standardize:
   raw, as in DAC); the true env reward is never stored or seen by the agent (evaluation alone reads it).
 
-Run: python cleanil/gail.py --env HalfCheetah  (settings from configs/gail/HalfCheetah-v5.yaml: 10 demos, SAC
-generator, 300k env steps; normalized 1.04 +- 0.02 over 3 benchmark seeds, 1-1.5 h per run on one CPU core;
+Run: python cleanil/gail.py --env HalfCheetah  (the defaults, with no config file for HalfCheetah: 10 demos,
+SAC generator, 300k env steps; normalized 1.04 +- 0.02 over 3 benchmark seeds, 1-1.5 h per run on one CPU core;
 records in benchmark_results/)
 """
 
@@ -88,7 +88,7 @@ class Args:
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 100_000
+    total_steps: int = 300_000
     """environment steps of interaction"""
     num_demos: int | None = None
     """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
@@ -156,7 +156,7 @@ class Args:
     # ---- SAC generator
     buffer_size: int = 1_000_000
     """replay capacity"""
-    learning_starts: int = 5_000
+    learning_starts: int = 10_000
     """env steps of random actions before updates start"""
     tau: float = 0.005
     """Polyak rate of the target critics"""

@@ -67,14 +67,14 @@ class Args:
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 100_000
+    total_steps: int = 300_000
     """environment steps (online) or gradient updates (offline)"""
     num_demos: int | None = None
     """expert episodes to imitate (the first ones of --demos); default: every episode of --demos that
     --heldout-demos leaves, else 10"""
     demos: str | None = None
     """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
-    eval_every: int = 5_000
+    eval_every: int = 10_000
     """evaluate the policy every this many steps (and at the end)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
@@ -121,7 +121,7 @@ class Args:
     """discount factor"""
     batch_size: int = 256
     """minibatch size (online: half expert, half policy)"""
-    num_critics: int = 2
+    num_critics: int = 1
     """continuous actions: soft Q-networks, each trained on the loss, V from their minimum (1 or 2)"""
     use_target: bool = True
     """compute V(s') with Polyak-averaged target Q network(s)"""
@@ -129,7 +129,7 @@ class Args:
     """Polyak rate of the target network(s)"""
     buffer_size: int = 1_000_000
     """replay capacity (online)"""
-    learning_starts: int = 5_000
+    learning_starts: int = 1_280
     """online: env steps of random actions before updates start"""
     heldout_demos: int | None = None
     """expert episodes after the imitated ones, held out to score the recovered reward (0: skip the scoring);

@@ -61,13 +61,13 @@ class Args:
     """random seed for torch, numpy, the environment and the evaluation episodes"""
     device: str = "auto"
     """torch device: auto (cuda if available, else cpu), cpu or cuda"""
-    total_steps: int = 100_000
+    total_steps: int = 300_000
     """environment steps"""
     num_demos: int | None = None
     """expert episodes to imitate (the first ones of --demos); default: every episode of --demos, else 10"""
     demos: str | None = None
     """path to a .npz demo file; by default demos are generated from the shipped expert (and cached)"""
-    eval_every: int = 5_000
+    eval_every: int = 10_000
     """evaluate the policy every this many env steps (and at the end)"""
     eval_episodes: int = 10
     """episodes per evaluation"""
